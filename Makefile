@@ -1,0 +1,26 @@
+# The two commands of the README: `make quickstart` and `make test`. Each builds .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: quickstart test venv bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+quickstart: venv
+	$(VENV)/bin/gaia2 quickstart
+
+test: venv
+	$(PY) -m pytest tests
+
+bench: venv
+	$(PY) benchmarks/shards.py
+
+clean:
+	rm -rf $(VENV) gaia2-quickstart .pytest_cache

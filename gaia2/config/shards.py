@@ -1,0 +1,144 @@
+"""Configuration of the shard build: presets ``tiny`` (CPU, tests, quickstart) and ``paper``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gaia2.config.base import StrictModel, build_config
+from gaia2.schema.metadata import VOCABULARY
+
+
+class WindowConfig(StrictModel):
+    frames: int = Field(48, gt=0, description="frames per window: 48 for the world model, 24 for the tokenizer")
+    hop: int = Field(12, gt=0, description="frames between the starts of consecutive candidate windows")
+    grid_hz: float | None = Field(None, gt=0, description="frame grid rate; null = the clip's native rate")
+
+
+class ImageConfig(StrictModel):
+    height: int = Field(64, gt=0)
+    width: int = Field(128, gt=0)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError("must be even (yuv420p video)")
+        return v
+
+
+class CodecConfig(StrictModel):
+    codec: str = "libx264"
+    crf: int = Field(23, ge=0, le=51)
+    preset: str = "veryfast"
+    gop: int = Field(12, gt=0, description="keyframe interval in frames")
+    # Encoder threads are pinned so the same inputs give the same bytes on any machine;
+    # parallelism comes from Ray, one window per task.
+    threads: int = Field(1, ge=1)
+
+
+class IngestConfig(StrictModel):
+    min_cameras: int = Field(5, ge=1, description="clips with fewer cameras are rejected (missing_camera)")
+    decode_check: Literal["last_frame", "all_frames"] = Field(
+        "last_frame", description="how far ingest decodes to detect truncated video")
+    batch_size: int = Field(1, ge=1)
+
+
+class DetectionConfig(StrictModel):
+    kind: Literal["ground_truth", "network"] = "ground_truth"
+    checkpoint: str | None = Field(None, description="directory of a MonoDetector3D checkpoint (kind=network)")
+    max_boxes: int = Field(32, gt=0, description="B: box slots per frame and camera")
+    score_threshold: float = Field(0.3, ge=0, le=1)
+    batch_size: int = Field(4, ge=1, description="windows per detector call")
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(0.5, gt=0)
+    concurrency: int = Field(1, ge=1, description="detector actors")
+
+    @model_validator(mode="after")
+    def _checkpoint(self) -> "DetectionConfig":
+        if self.kind == "network" and not self.checkpoint:
+            raise ValueError("detection.checkpoint: required when detection.kind is 'network'")
+        return self
+
+
+class EmbeddingConfig(StrictModel):
+    clip_path: str | None = Field(None, description="directory of a transformers CLIP vision model")
+    batch_size: int = Field(8, ge=1, description="windows per embedding call")
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(0.5, gt=0)
+    concurrency: int = Field(1, ge=1, description="CLIP actors")
+
+
+class BalanceConfig(StrictModel):
+    keys: list[str] = Field(default_factory=lambda: ["country", "weather", "time_of_day"])
+    temperature: float = Field(2.0, ge=1.0, description="1 keeps the natural distribution; larger is flatter")
+    repeat_cap: float = Field(4.0, ge=1.0, description="largest weight a rare-cell window may get")
+    min_stride_s: float = Field(1.0, ge=0, description="minimum time between selected windows of one drive")
+    splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["train"])
+
+    @field_validator("keys")
+    @classmethod
+    def _known(cls, keys: list[str]) -> list[str]:
+        unknown = [k for k in keys if k not in VOCABULARY]
+        if unknown or not keys:
+            raise ValueError(f"unknown metadata key(s) {unknown}; choose from {list(VOCABULARY)}")
+        return keys
+
+
+class SplitConfig(StrictModel):
+    geofences: str | None = Field(None, description="GeoJSON of validation geofences; null = the packaged default")
+
+
+class ShardWriterConfig(StrictModel):
+    target_mb: float = Field(16.0, gt=0, description="approximate shard size")
+    bits_per_pixel: float = Field(0.08, gt=0, description="expected video bits per pixel, to size shards")
+
+
+class ResourcesConfig(StrictModel):
+    """Logical CPUs per task of the stages that run as Ray tasks."""
+    ingest_cpus: float = Field(1.0, gt=0)
+    decode_cpus: float = Field(1.0, gt=0)
+    encode_cpus: float = Field(1.0, gt=0)
+    write_cpus: float = Field(1.0, gt=0)
+
+
+class ShardBuildConfig(StrictModel):
+    preset: str = "tiny"
+    seed: int = 0
+    window: WindowConfig = WindowConfig()
+    image: ImageConfig = ImageConfig()
+    codec: CodecConfig = CodecConfig()
+    ingest: IngestConfig = IngestConfig()
+    detection: DetectionConfig = DetectionConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    balance: BalanceConfig = BalanceConfig()
+    split: SplitConfig = SplitConfig()
+    shards: ShardWriterConfig = ShardWriterConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+def tiny() -> ShardBuildConfig:
+    return ShardBuildConfig()
+
+
+def paper() -> ShardBuildConfig:
+    return ShardBuildConfig(
+        preset="paper",
+        image=ImageConfig(height=448, width=960),
+        codec=CodecConfig(crf=18, preset="medium", gop=24),
+        detection=DetectionConfig(kind="network", checkpoint="/models/mono3d", max_boxes=64, batch_size=8,
+                                  num_gpus=1, num_cpus=4, concurrency=8),
+        embedding=EmbeddingConfig(clip_path="/models/clip-vit-large-patch14", batch_size=16, num_gpus=0.5,
+                                  num_cpus=2, concurrency=8),
+        balance=BalanceConfig(keys=["country", "weather", "time_of_day", "intersection_type"]),
+        shards=ShardWriterConfig(target_mb=1024),
+    )
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+
+
+def load_shard_config(preset: str | None = None, path: str | None = None,
+                      overrides: dict | None = None) -> ShardBuildConfig:
+    return build_config(ShardBuildConfig, PRESETS, preset=preset, overrides=overrides, path=path)

@@ -1,0 +1,80 @@
+"""The ``gaia2`` command line.
+
+    gaia2 synth --out DIR --clips N --seed S       synthetic multi-rig clips (clip-directory layout)
+    gaia2 shards build --source PATH --out DIR     balanced, geofenced WebDataset shards
+    gaia2 shards manifest --source DIR --out FILE  a clip directory as a Parquet manifest
+    gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from gaia2.synth.generate import generate_clips
+
+    ids = generate_clips(args.out, args.clips, seed=args.seed, duration_s=args.duration, workers=args.workers)
+    print(f"wrote {len(ids)} clips to {args.out}")
+    return 0
+
+
+def _shards_build(args: argparse.Namespace) -> int:
+    from jobs.build_shards import execute
+
+    return execute(args)
+
+
+def _shards_manifest(args: argparse.Namespace) -> int:
+    from pipelines.shards.sources import write_manifest
+
+    n = write_manifest(args.source, args.out)
+    print(f"wrote {n} clip rows to {args.out}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from jobs.quickstart import main as quickstart
+
+    return quickstart(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gaia2", description="GAIA-2 world model pipeline on Ray")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate synthetic multi-rig driving clips")
+    s.add_argument("--out", required=True)
+    s.add_argument("--clips", type=int, default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--duration", type=float, default=4.0, help="seconds per clip")
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.set_defaults(fn=_synth)
+
+    sh = sub.add_parser("shards", help="shard pipeline").add_subparsers(dest="shards_command", required=True)
+    b = sh.add_parser("build", help="build WebDataset shards from clips (a Ray Data job)")
+    from jobs.build_shards import add_arguments
+    add_arguments(b)
+    b.set_defaults(fn=_shards_build)
+    m = sh.add_parser("manifest", help="write a Parquet manifest for a clip directory")
+    m.add_argument("--source", required=True)
+    m.add_argument("--out", required=True)
+    m.set_defaults(fn=_shards_manifest)
+
+    q = sub.add_parser("quickstart", help="run the local pipeline end to end on synthetic data")
+    q.add_argument("--workdir", default="gaia2-quickstart")
+    q.add_argument("--clips", type=int, default=24)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(fn=_quickstart)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Ray start-up shared by the jobs: local by default, a cluster when RAY_ADDRESS is set."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=True, logging_level="warning")

@@ -1,0 +1,47 @@
+"""MLflow tracking: local SQLite by default, a server when MLFLOW_TRACKING_URI says so.
+
+One experiment per job kind, one run per job; a resumed job continues its run.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from gaia2.config.base import flatten
+
+
+def tracking_uri(workdir: str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(workdir)}/mlflow.db"
+
+
+@contextmanager
+def mlflow_run(experiment: str, workdir: str, run_name: str, run_id: str | None = None) -> Iterator[Any]:
+    """Start (or resume, given ``run_id``) a run; artifacts stay under ``workdir`` when tracking locally."""
+    import mlflow
+
+    os.makedirs(workdir, exist_ok=True)
+    uri = tracking_uri(workdir)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            location = "file://" + os.path.join(os.path.abspath(workdir), "mlartifacts")
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except Exception:   # the run was deleted or lives in another tracking store: start afresh
+            run_id = None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        yield run
+
+
+def log_config(config: Mapping[str, Any]) -> None:
+    import mlflow
+
+    params = {k: (str(v) if not isinstance(v, (int, float, str, bool)) else v) for k, v in flatten(config).items()}
+    mlflow.log_params(params)

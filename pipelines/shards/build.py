@@ -1,0 +1,264 @@
+"""The shard build: clips -> balanced, geofenced WebDataset shards + manifest, rejects and report.
+
+    ingest (tasks)  ->  plan (driver: split, stride, balance, shard names)
+    -> decode (tasks) -> detect (actors) -> embed (actors) -> encode (tasks) -> groupby shard -> write
+
+Output directory:
+    train/shard-000000.tar ...   val/shard-000000.tar ...   WebDataset shards
+    index/<split>-shard-*.json   per-shard sidecar: samples, failures, bytes, sha256 (resume)
+    manifest.parquet             one row per written sample
+    rejects.parquet              one row per rejected clip, failed window or window not selected
+    report.json, plots/*.png     counts, cell distributions and entropies, split counts, reasons
+    config.yaml, geofences.geojson, build.json (fingerprint of config + inputs; resume guard)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import yaml
+
+from gaia2.config.shards import ShardBuildConfig
+from gaia2.curation.geofence import Geofences
+from gaia2.curation.report import write_report_plots
+from gaia2.schema.errors import Reason
+from pipelines.shards.decode import DecodeWindows
+from pipelines.shards.detect import DetectAgents
+from pipelines.shards.embed import EmbedClip
+from pipelines.shards.encode import EncodeSamples
+from pipelines.shards.ingest import IngestClips
+from pipelines.shards.plan import Plan, make_plan
+from pipelines.shards.sources import ClipRef, list_clips
+from pipelines.shards.write import index_path, read_index, shard_path, write_shard_group
+
+BUILD_FILE = "build.json"
+
+
+class OutputConflict(RuntimeError):
+    """The output directory holds a build of different inputs or configuration."""
+
+
+@dataclass
+class BuildResult:
+    out_dir: str
+    report: dict
+    fingerprint: str
+    seconds: float
+
+
+# Stage functions run as Ray tasks; the callable classes hold no heavy state, so building one per
+# batch costs a config parse.
+def _ingest(batch, config_json):
+    return IngestClips(config_json)(batch)
+
+
+def _decode(batch, config_json):
+    return DecodeWindows(config_json)(batch)
+
+
+def _encode(batch, config_json):
+    return EncodeSamples(config_json)(batch)
+
+
+def _write(group, out_dir):
+    return write_shard_group(group, out_dir)
+
+
+def fingerprint(cfg: ShardBuildConfig, refs: list[ClipRef]) -> str:
+    """Hash of the resolved config and every clip record: same fingerprint, same shards."""
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    for ref in refs:
+        h.update(ref.ref_id.encode())
+        if ref.record is not None:
+            h.update(ref.record.encode())
+        elif os.path.exists(ref.location):
+            with open(ref.location, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def _prepare_output(out_dir: str, cfg: ShardBuildConfig, fp: str, geofences: Geofences) -> bool:
+    """Create or reopen ``out_dir``; returns True when resuming an earlier build of the same inputs."""
+    os.makedirs(out_dir, exist_ok=True)
+    build_file = os.path.join(out_dir, BUILD_FILE)
+    resuming = False
+    if os.path.exists(build_file):
+        with open(build_file) as f:
+            previous = json.load(f)
+        if previous.get("fingerprint") != fp:
+            raise OutputConflict(
+                f"{out_dir} holds a build of different inputs or configuration (fingerprint "
+                f"{previous.get('fingerprint', '?')[:12]} != {fp[:12]}); choose a new --out or delete it")
+        resuming = True
+    else:
+        with open(build_file, "w") as f:
+            json.dump({"fingerprint": fp, "complete": False}, f)
+    # Leftovers of an interrupted write are never complete shards.
+    for root, _, files in os.walk(out_dir):
+        for name in files:
+            if name.endswith(".partial"):
+                os.remove(os.path.join(root, name))
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.model_dump(), f, sort_keys=True)
+    with open(os.path.join(out_dir, "geofences.geojson"), "w") as f:
+        json.dump(geofences.to_geojson(), f, indent=1, sort_keys=True)
+    return resuming
+
+
+def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
+    items = [{**asdict(ref), "record": ref.record or ""} for ref in refs]
+    ds = ray.data.from_items(items).map_batches(
+        _ingest, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
+        num_cpus=cfg.resources.ingest_cpus)
+    return ds.take_all()
+
+
+def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
+    """Decode, annotate, encode and write every planned shard in ``todo`` (rows of those shards)."""
+    if not todo:
+        return
+    config_json = cfg.model_dump_json()
+    det, emb, res = cfg.detection, cfg.embedding, cfg.resources
+    cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
+            "clip_json", "track_json")
+    ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
+    ds = ds.map_batches(_decode, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.decode_cpus)
+    ds = ds.map_batches(
+        DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
+                                             "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
+        batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
+        num_cpus=det.num_cpus, num_gpus=det.num_gpus)
+    ds = ds.map_batches(
+        EmbedClip, fn_constructor_kwargs={"path": emb.clip_path}, batch_size=emb.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus)
+    ds = ds.map_batches(_encode, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.encode_cpus)
+    ds = ds.groupby("shard").map_groups(_write, fn_kwargs={"out_dir": out_dir}, batch_format="numpy",
+                                        num_cpus=res.write_cpus)
+    written = ds.take_all()
+    missing = {r["shard"] for r in todo} - {r["shard"] for r in written}
+    if missing:
+        raise RuntimeError(f"shards not written: {sorted(missing)}")
+
+
+def _reject_row(clip_id: str, key: str, window: int, stage: str, reason: str, detail: str,
+                location: str = "") -> dict:
+    return {"clip_id": clip_id, "key": key, "window": window, "stage": stage, "reason": reason,
+            "detail": detail, "location": location}
+
+
+def _write_parquet(path: str, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = f"{path}.partial"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("split", pa.string()), ("cell", pa.string()),
+    ("weight", pa.float64()), ("clip_id", pa.string()), ("drive_id", pa.string()), ("window", pa.int64()),
+    ("start_time", pa.float64())])
+REJECTS_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("key", pa.string()), ("window", pa.int64()), ("stage", pa.string()),
+    ("reason", pa.string()), ("detail", pa.string()), ("location", pa.string())])
+
+
+def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
+                 log: Callable[[str], None] = print) -> BuildResult:
+    """Run the whole build; resumes onto an existing ``out_dir`` of the same inputs and config."""
+    started = time.perf_counter()
+    out_dir = os.path.abspath(out_dir)
+    refs = list_clips(source)
+    geofences = Geofences.from_geojson(cfg.split.geofences) if cfg.split.geofences else Geofences.default()
+    fp = fingerprint(cfg, refs)
+    resuming = _prepare_output(out_dir, cfg, fp, geofences)
+    log(f"[shards] {len(refs)} clips from {source} -> {out_dir}" + (" (resuming)" if resuming else ""))
+
+    rows = run_ingest(refs, cfg)
+    windows = [r for r in rows if r["kind"] == "window"]
+    clip_rejects = [r for r in rows if r["kind"] == "reject"]
+    plan = make_plan(windows, cfg, geofences)
+    shards = plan.shards()
+    done = {s for s in shards if read_index(out_dir, s) is not None}
+    todo = [r for r in plan.selected if r["shard"] not in done]
+    log(f"[shards] {len(windows)} windows from {len(refs) - len(clip_rejects)} clips, {len(clip_rejects)} clips "
+        f"rejected; {len(plan.selected)} windows selected into {len(shards)} shards "
+        f"({len(done)} already complete)")
+    run_samples(todo, cfg, out_dir)
+
+    manifest, failed = [], []
+    for shard in shards:
+        index = read_index(out_dir, shard)
+        if index is None:
+            raise RuntimeError(f"shard {shard} is missing after the build")
+        manifest.extend({**s, "shard": shard} for s in index["samples"])
+        failed.extend(index["failed"])
+    rejects = [_reject_row(r["clip_id"], "", -1, "ingest", r["reason"], r["detail"], r["location"])
+               for r in clip_rejects]
+    rejects += [_reject_row(r["clip_id"], r["key"], r["window"], "decode", r["error"].split(":", 1)[0],
+                            r["error"].split(":", 1)[-1].strip()) for r in failed]
+    rejects += [_reject_row(r["clip_id"], r["key"], r["window"], "select", r["reason"], r["detail"])
+                for r in plan.not_selected]
+    report = make_report(refs, windows, clip_rejects, plan, manifest, rejects, out_dir)
+    _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest, MANIFEST_SCHEMA)
+    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects, REJECTS_SCHEMA)
+    report["plots"] = write_report_plots(_plot_stats(report, windows, plan, geofences),
+                                         os.path.join(out_dir, "plots"))
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(out_dir, BUILD_FILE), "w") as f:
+        json.dump({"fingerprint": fp, "complete": True}, f)
+    return BuildResult(out_dir, report, fp, report["seconds"])
+
+
+def make_report(refs, windows, clip_rejects, plan: Plan, manifest, rejects, out_dir) -> dict:
+    """Counts that must reconcile, and the selection statistics."""
+    n_failed = sum(1 for r in rejects if r["stage"] == "decode")
+    accounting = {
+        "clips_in": len(refs),
+        "clips_rejected": len(clip_rejects),
+        "clips_with_windows": len({w["clip_id"] for w in windows}),
+        "windows_cut": len(windows),
+        "windows_written": len(manifest),
+        "windows_failed": n_failed,
+        "windows_not_selected": len(plan.not_selected),
+    }
+    ok = (accounting["clips_in"] == accounting["clips_rejected"] + accounting["clips_with_windows"]
+          and accounting["windows_cut"] == len(manifest) + n_failed + len(plan.not_selected))
+    if not ok:   # a bug, never bad input: refuse to publish numbers that do not add up
+        raise RuntimeError(f"shard build accounting does not reconcile: {accounting}")
+    splits = Counter(m["split"] for m in manifest)
+    shard_sizes = {s: os.path.getsize(shard_path(out_dir, s)) for s in plan.shards()}
+    return {
+        "accounting": accounting,
+        "reasons": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "bad_input_reasons": dict(sorted(Counter(r["reason"] for r in rejects
+                                                 if Reason(r["reason"]).is_bad_input).items())),
+        "splits": {s: splits.get(s, 0) for s in ("train", "val")},
+        "balance": plan.balance,
+        "shards": {"count": len(shard_sizes), "samples_per_shard": plan.samples_per_shard,
+                   "bytes": shard_sizes, "index": {s: os.path.relpath(index_path(out_dir, s), out_dir)
+                                                   for s in shard_sizes}},
+    }
+
+
+def _plot_stats(report: dict, windows: list[dict], plan: Plan, geofences: Geofences) -> dict:
+    train = report["balance"].get("train", {})
+    return {
+        "cells_before": train.get("cells_before", {}), "cells_after": train.get("cells_after", {}),
+        "entropy_before": train.get("entropy_before", float("nan")),
+        "entropy_after": train.get("entropy_after", float("nan")),
+        "splits": report["splits"], "rejects": report["reasons"],
+        "tracks": [{"split": r["split"], "lonlat": json.loads(r["track_json"])} for r in plan.selected],
+        "geofences": geofences.to_geojson(),
+    }

@@ -1,0 +1,84 @@
+"""Selection and shard plan: split by geofence, minimum stride per drive, balancing, shard names.
+
+Runs on the driver over window metadata only (no pixels). Every window ends up in exactly one of:
+the plan (to be written) or the not-selected list (with its reason).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gaia2.config.shards import ShardBuildConfig
+from gaia2.curation.balance import balance, cell_of
+from gaia2.curation.geofence import Geofences
+from gaia2.curation.stride import select_by_stride
+from gaia2.schema.errors import Reason
+
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Plan:
+    selected: list[dict]                 # window rows + split, cell, weight, shard; sorted by key
+    not_selected: list[dict]             # window rows + split, cell, reason
+    balance: dict[str, dict] = field(default_factory=dict)   # per split: counts, masses, entropies
+    samples_per_shard: int = 1
+
+    def shards(self) -> list[str]:
+        return sorted({row["shard"] for row in self.selected})
+
+
+def estimate_sample_bytes(cfg: ShardBuildConfig, cameras: float) -> float:
+    """Rough size of one sample, from the video bit budget; used only to size shards."""
+    video = cameras * cfg.window.frames * cfg.image.height * cfg.image.width * cfg.shards.bits_per_pixel / 8
+    arrays = cfg.window.frames * cameras * cfg.detection.max_boxes * 14 * 4
+    return video + arrays + 8192   # json, embeddings, tar headers
+
+
+def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences) -> Plan:
+    rows = sorted(windows, key=lambda r: r["key"])
+    for row in rows:
+        row["cell"] = cell_of(json.loads(row["metadata_json"]), cfg.balance.keys)
+        track = np.asarray(json.loads(row["track_json"]), dtype=np.float64)
+        row["split"] = "val" if geofences.touches(track) else "train"
+    selected, not_selected, stats = [], [], {}
+    for split in SPLITS:
+        part = [r for r in rows if r["split"] == split]
+        if not part:
+            continue
+        keep = select_by_stride([r["drive_id"] for r in part], np.asarray([r["start_time"] for r in part]),
+                                [r["key"] for r in part], cfg.balance.min_stride_s)
+        for r, k in zip(part, keep):
+            if not k:
+                not_selected.append({**r, "reason": Reason.NOT_SELECTED_STRIDE.value,
+                                     "detail": f"within {cfg.balance.min_stride_s} s of a kept window of drive {r['drive_id']}"})
+        kept = [r for r, k in zip(part, keep) if k]
+        if split in cfg.balance.splits and kept:
+            result = balance([r["cell"] for r in kept], [r["key"] for r in kept], cfg.balance.temperature,
+                             cfg.balance.repeat_cap, cfg.seed)
+            stats[split] = {"cells_before": result.counts_before, "cells_after": result.mass_after,
+                            "entropy_before": result.entropy_before, "entropy_after": result.entropy_after}
+            for r, sel, w in zip(kept, result.selected, result.weight):
+                if sel:
+                    selected.append({**r, "weight": float(w)})
+                else:
+                    not_selected.append({**r, "reason": Reason.NOT_SELECTED_BALANCE.value,
+                                         "detail": f"cell {r['cell']} down-sampled (temperature {cfg.balance.temperature})"})
+        else:
+            selected.extend({**r, "weight": 1.0} for r in kept)
+    cams = np.mean([len(json.loads(r["clip_json"])["cameras"]) for r in selected]) if selected else 6
+    per_shard = max(1, int(cfg.shards.target_mb * 2**20 // estimate_sample_bytes(cfg, float(cams))))
+    selected.sort(key=lambda r: r["key"])
+    for split in SPLITS:
+        part = [r for r in selected if r["split"] == split]
+        for i, r in enumerate(part):
+            r["shard"] = f"{split}/shard-{i // per_shard:06d}"
+    return Plan(selected, sorted(not_selected, key=lambda r: r["key"]), stats, per_shard)
+
+
+def shard_count(n: int, per_shard: int) -> int:
+    return math.ceil(n / per_shard) if n else 0

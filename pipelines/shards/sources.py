@@ -1,0 +1,80 @@
+"""Clip sources: a clip directory or a Parquet manifest, both yielding Clip records (as JSON).
+
+A source only lists; parsing and validation happen in the ingest stage, on Ray workers, so that a
+malformed record becomes a reject row rather than a crash of the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gaia2.schema.clip import Clip, dumps
+
+
+class SourceError(ValueError):
+    """The source itself (not one clip of it) cannot be used."""
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    ref_id: str          # stable id used when the record cannot even be parsed (dir name, row number)
+    location: str        # where the record came from, for the rejects table
+    base_dir: str        # relative video paths resolve against this
+    record: str | None   # the record as JSON text (manifest rows); None = read ``location`` (clip.json)
+
+
+def list_clips(path: str) -> list[ClipRef]:
+    """A directory of ``<clip_id>/clip.json`` or a ``.parquet`` manifest -> clip references, sorted."""
+    if path.endswith(".parquet"):
+        return _manifest_refs(path)
+    if os.path.isdir(path):
+        return _clipdir_refs(path)
+    raise SourceError(f"source {path!r}: not a clip directory or a .parquet manifest")
+
+
+def _clipdir_refs(root: str) -> list[ClipRef]:
+    root = os.path.abspath(root)
+    refs = []
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if os.path.isdir(d) and not name.startswith((".", "_")):
+            refs.append(ClipRef(name, os.path.join(d, "clip.json"), d, None))
+    if not refs:
+        raise SourceError(f"source {root!r}: no clip directories (expected <root>/<clip_id>/clip.json)")
+    return refs
+
+
+def _manifest_refs(path: str) -> list[ClipRef]:
+    path = os.path.abspath(path)
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        raise SourceError(f"manifest {path!r}: cannot read ({err})") from None
+    base = os.path.dirname(path)
+    refs = []
+    for i, row in enumerate(rows):
+        row = {k: v for k, v in row.items() if v is not None}
+        if isinstance(row.get("metadata"), dict):   # a struct column fills absent keys with null
+            row["metadata"] = {k: v for k, v in row["metadata"].items() if v is not None}
+        refs.append(ClipRef(f"row{i:08d}", f"{path}#row={i}", base, json.dumps(row)))
+    return refs
+
+
+def read_record(ref: ClipRef) -> Clip:
+    """Parse the referenced record; raises ClipError with the reject reason."""
+    if ref.record is None:
+        return Clip.from_json_file(ref.location)
+    return Clip.from_dict(json.loads(ref.record), base_dir=ref.base_dir)
+
+
+def write_manifest(clip_root: str, out_path: str) -> int:
+    """Turn a clip directory into a Parquet manifest (video paths relative to the manifest)."""
+    base = os.path.dirname(os.path.abspath(out_path))
+    rows = [json.loads(dumps(read_record(ref).to_dict(base_dir=base))) for ref in _clipdir_refs(clip_root)]
+    pq.write_table(pa.Table.from_pylist(rows), out_path)
+    return len(rows)

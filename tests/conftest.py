@@ -1,0 +1,41 @@
+"""Shared fixtures: one local Ray for the whole session, synthetic clips generated once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        # Two logical CPUs, like the machine: Train tests keep to one worker, leaving one for Data.
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", configure_logging=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def clip_model(tmp_path_factory) -> str:
+    """A tiny randomly initialised CLIP vision model saved the way a real one is."""
+    from gaia2.embedding.clip import save_random_clip
+
+    return save_random_clip(str(tmp_path_factory.mktemp("models") / "clip"))
+
+
+@pytest.fixture(scope="session")
+def synth_clips(tmp_path_factory) -> str:
+    """Nine short synthetic clips over the three rigs (three drives of three clips)."""
+    from gaia2.synth.generate import generate_clips
+
+    out = tmp_path_factory.mktemp("clips")
+    generate_clips(str(out), 9, seed=7, duration_s=3.0, workers=2)
+    return str(out)

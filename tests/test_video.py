@@ -1,0 +1,85 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from gaia2.schema.errors import ClipError, Reason
+from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
+from gaia2.video.decode import check_video, decode_frames, mp4_truncation
+from gaia2.video.encode import VideoCodec, encode_video
+
+
+def _frames(t=10, h=48, w=64):
+    rng = np.random.default_rng(0)
+    base = np.zeros((t, h, w, 3), np.uint8)
+    for i in range(t):   # a moving bright square on a gradient: compressible, frame-distinct
+        base[i] = np.linspace(0, 200, w, dtype=np.uint8)[None, :, None]
+        base[i, 10:20, 2 * i:2 * i + 10] = 255
+    return base + rng.integers(0, 3, base.shape, dtype=np.uint8)
+
+
+def test_encoding_is_byte_identical_and_decodes_to_the_frames(tmp_path):
+    frames = _frames()
+    a, b = encode_video(frames, 25.0), encode_video(frames, 25.0)
+    assert a == b
+    path = tmp_path / "v.mp4"
+    path.write_bytes(a)
+    assert check_video(str(path), "v", 10) == 10
+    out = decode_frames(str(path), "v", np.arange(10), (64, 48), (0, 0), (64, 48))
+    assert out.shape == (10, 48, 64, 3)
+    assert np.abs(out.astype(int) - frames.astype(int)).mean() < 6   # lossy, but close
+
+
+def test_decode_scales_and_crops(tmp_path):
+    path = tmp_path / "v.mp4"
+    path.write_bytes(encode_video(_frames(), 25.0))
+    out = decode_frames(str(path), "v", np.array([0, 0, 3]), (32, 24), (4, 2), (24, 20))
+    assert out.shape == (3, 20, 24, 3)
+    assert np.array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda b: b"", Reason.EMPTY_VIDEO),
+    (lambda b: b[: len(b) // 2], Reason.TRUNCATED_VIDEO),
+    (lambda b: bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8)), Reason.UNREADABLE_VIDEO),
+])
+def test_broken_videos_get_specific_reasons(tmp_path, mutate, reason):
+    path = tmp_path / "v.mp4"
+    path.write_bytes(mutate(encode_video(_frames(), 25.0)))
+    with pytest.raises(ClipError) as err:
+        check_video(str(path), "front", 10)
+    assert err.value.reason == reason
+
+
+def test_missing_file_and_frame_count(tmp_path):
+    with pytest.raises(ClipError) as err:
+        check_video(str(tmp_path / "nope.mp4"), "front", 10)
+    assert err.value.reason == Reason.MISSING_CAMERA
+    path = tmp_path / "v.mp4"
+    path.write_bytes(encode_video(_frames(8), 25.0))
+    with pytest.raises(ClipError) as err:
+        check_video(str(path), "front", 10)
+    assert err.value.reason == Reason.FRAME_COUNT_MISMATCH and "10 timestamps" in err.value.detail
+
+
+def test_truncation_check_reads_box_sizes():
+    data = encode_video(_frames(), 25.0)
+    assert mp4_truncation(data) is None
+    assert "declares" in mp4_truncation(data[:-100])
+    assert mp4_truncation(b"not an mp4 at all") is None
+
+
+def test_sample_tar_fragments_concatenate_into_a_valid_deterministic_archive():
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    s1 = tar_members([("k1.json", b"{}"), ("k1.x.npy", npy_bytes(arr))])
+    s2 = tar_members([("k2.json", b'{"a":1}')])
+    assert s1 == tar_members([("k1.json", b"{}"), ("k1.x.npy", npy_bytes(arr))])
+    data = tar_archive([s1, s2])
+    assert len(data) % tarfile.RECORDSIZE == 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert names == ["k1.json", "k1.x.npy", "k2.json"]
+        m = tar.getmember("k1.x.npy")
+        assert (m.mtime, m.uid, m.mode) == (0, 0, 0o444)
+        assert np.array_equal(np.load(io.BytesIO(tar.extractfile(m).read())), arr)
