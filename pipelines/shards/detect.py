@@ -1,0 +1,98 @@
+"""Stage: 3D agent detection of each window -> the (T, N, B, 13) agent features of its shard sample.
+
+Used as an actor stage, the detector loaded once per actor:
+    ds.map_batches(DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
+                   "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
+                   batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
+                   num_cpus=det.num_cpus, num_gpus=det.num_gpus)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from gaia2.camera.model import CameraModel
+from gaia2.detection import build_detector
+from gaia2.detection.base import DetectionError
+from gaia2.detection.features import FEATURE_DIM, agent_features
+from gaia2.schema.clip import Clip
+from gaia2.schema.errors import ClipError, Reason
+
+_CAMERA_KEYS = ("name", "width", "height", "intrinsics", "extrinsics", "distortion")
+
+
+def cameras_from_json(cameras_json: str) -> list[CameraModel]:
+    """JSON list of {name, width, height, intrinsics, extrinsics, distortion, ...} (shard-resolution
+    calibration; other keys are ignored) -> camera models, in order."""
+    records: Any = json.loads(cameras_json)
+    if not isinstance(records, list) or not records:
+        raise DetectionError("cameras_json: expected a non-empty list of camera calibrations")
+    cams = []
+    for n, rec in enumerate(records):
+        missing = [k for k in _CAMERA_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise DetectionError(f"cameras_json[{n}]: missing {missing}")
+        intr = np.asarray(rec["intrinsics"], dtype=np.float64)
+        extr = np.asarray(rec["extrinsics"], dtype=np.float64)
+        dist = np.asarray(rec["distortion"], dtype=np.float64)
+        if intr.shape != (4,) or extr.shape != (4, 4) or dist.shape != (5,):
+            raise DetectionError(f"cameras_json[{n}] ({rec['name']}): intrinsics (4,), extrinsics (4, 4) and "
+                                 f"distortion (5,) expected, got {intr.shape}, {extr.shape}, {dist.shape}")
+        cams.append(CameraModel(int(rec["width"]), int(rec["height"]), intr, dist, extr))
+    return cams
+
+
+class DetectAgents:
+    """Callable Ray Data stage: rows with ``frames`` (N, T, H, W, 3) uint8, ``cameras_json``,
+    ``timestamps`` (T,), ``clip_json`` and ``error`` -> adds ``boxes`` (T, N, B, 13) float32 and
+    ``boxes_valid`` (T, N, B) bool per row.
+
+    Rows that arrive with an error pass through with (0, 0, B, 13) / (0, 0, B) arrays; a row whose
+    detection fails gets ``error = "decode_failed: ..."`` instead of stopping the build.
+    """
+
+    def __init__(self, kind: str, checkpoint: str | None, max_boxes: int, score_threshold: float):
+        if max_boxes < 1:
+            raise ValueError(f"detection.max_boxes: must be >= 1, got {max_boxes}")
+        self.detector = build_detector(kind, checkpoint, score_threshold)
+        self.max_boxes = max_boxes
+
+    def detect_row(self, frames: np.ndarray, cameras_json: str, timestamps: np.ndarray,
+                   clip_json: str) -> tuple[np.ndarray, np.ndarray]:
+        cameras = cameras_from_json(cameras_json)
+        # Only ground truth reads the clip record; a network detector skips the parse.
+        clip = Clip.from_dict(json.loads(clip_json)) if self.detector.requires_clip else None
+        ts = np.asarray(timestamps, dtype=np.float64)
+        boxes = self.detector.detect(np.asarray(frames), cameras, ts, clip)
+        return agent_features(boxes, cameras, self.max_boxes)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["frames"])
+        errors = [str(e) for e in batch["error"]]
+        empty = (np.zeros((0, 0, self.max_boxes, FEATURE_DIM), np.float32),
+                 np.zeros((0, 0, self.max_boxes), bool))
+        feats, valid = [empty[0]] * n, [empty[1]] * n
+        for i in range(n):
+            if errors[i]:
+                continue
+            try:
+                feats[i], valid[i] = self.detect_row(batch["frames"][i], str(batch["cameras_json"][i]),
+                                                     batch["timestamps"][i], str(batch["clip_json"][i]))
+            except Exception as err:   # a window must not take the build down: it becomes a reject row
+                errors[i] = str(ClipError(Reason.DECODE_FAILED, f"detection: {type(err).__name__}: {err}"))
+        out = dict(batch)
+        out["boxes"] = _objects(feats)
+        out["boxes_valid"] = _objects(valid)
+        out["error"] = np.asarray(errors, dtype=object)
+        return out
+
+
+def _objects(items: list[np.ndarray]) -> np.ndarray:
+    """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
+    arr = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        arr[i] = item
+    return arr
