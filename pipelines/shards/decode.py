@@ -15,6 +15,7 @@ from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.windows import cut_windows
 from gaia2.schema.clip import Clip
 from gaia2.schema.errors import ClipError, Reason
+from pipelines.shards.common import object_column
 
 
 def shard_calibration(clip: Clip, out_wh: tuple[int, int]) -> tuple[list[dict], list[tuple]]:
@@ -66,16 +67,8 @@ class DecodeWindows:
             stamps.append(t)
             errors.append(error)
         out = dict(batch)
-        out["frames"] = _objects(frames)
+        out["frames"] = object_column(frames)
         out["cameras_json"] = np.asarray(cams, dtype=object)
-        out["timestamps"] = _objects(stamps)
+        out["timestamps"] = object_column(stamps)
         out["error"] = np.asarray(errors, dtype=object)
         return out
-
-
-def _objects(items: list) -> np.ndarray:
-    """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    return arr

@@ -20,6 +20,7 @@ from gaia2.detection.base import DetectionError
 from gaia2.detection.features import FEATURE_DIM, agent_features
 from gaia2.schema.clip import Clip
 from gaia2.schema.errors import ClipError, Reason
+from pipelines.shards.common import object_column
 
 _CAMERA_KEYS = ("name", "width", "height", "intrinsics", "extrinsics", "distortion")
 
@@ -84,15 +85,7 @@ class DetectAgents:
             except Exception as err:   # a window must not take the build down: it becomes a reject row
                 errors[i] = str(ClipError(Reason.DECODE_FAILED, f"detection: {type(err).__name__}: {err}"))
         out = dict(batch)
-        out["boxes"] = _objects(feats)
-        out["boxes_valid"] = _objects(valid)
+        out["boxes"] = object_column(feats)
+        out["boxes_valid"] = object_column(valid)
         out["error"] = np.asarray(errors, dtype=object)
         return out
-
-
-def _objects(items: list[np.ndarray]) -> np.ndarray:
-    """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    return arr

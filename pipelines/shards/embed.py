@@ -13,6 +13,7 @@ import numpy as np
 
 from gaia2.embedding.clip import ClipImageEmbedder
 from gaia2.schema.errors import ClipError, Reason
+from pipelines.shards.common import object_column
 
 
 class EmbedClip:
@@ -52,14 +53,6 @@ class EmbedClip:
                 for i in rows:
                     errors[i] = str(ClipError(Reason.DECODE_FAILED, f"clip embedding: {type(err).__name__}: {err}"))
         out = dict(batch)
-        out["clip"] = _objects(clips)
+        out["clip"] = object_column(clips)
         out["error"] = np.asarray(errors, dtype=object)
         return out
-
-
-def _objects(items: list[np.ndarray]) -> np.ndarray:
-    """A 1-d object array of per-row arrays (numpy would otherwise try to stack equal shapes)."""
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    return arr

@@ -1,0 +1,199 @@
+"""End to end: synthetic + broken clips -> shards, on the session's local Ray."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gaia2.config.shards import load_shard_config
+from gaia2.curation.geofence import Geofences
+from gaia2.schema.errors import Reason
+from tests.bad_inputs import make_bad_clips
+
+OVERRIDES = {"window": {"frames": 16, "hop": 8}, "image": {"height": 32, "width": 64},
+             "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_boxes": 8},
+             "resources": {"decode_cpus": 0.5, "encode_cpus": 0.5}}
+
+
+def _config(clip_model, **extra):
+    from gaia2.config.base import deep_merge
+
+    return load_shard_config("tiny", overrides=deep_merge(deep_merge(OVERRIDES, {"embedding": {"clip_path": clip_model}}), extra))
+
+
+@pytest.fixture(scope="module")
+def source(synth_clips, tmp_path_factory):
+    from gaia2.synth.generate import generate_clip
+
+    root = tmp_path_factory.mktemp("source")
+    for name in os.listdir(synth_clips):
+        shutil.copytree(os.path.join(synth_clips, name), root / name)
+    expected = make_bad_clips(synth_clips, str(root), generate_clip(99, seed=7, duration_s=0.4))
+    return str(root), expected
+
+
+@pytest.fixture(scope="module")
+def build(ray_session, source, clip_model, tmp_path_factory):
+    from jobs.build_shards import run
+
+    root, _ = source
+    work = tmp_path_factory.mktemp("work")
+    result, run_id = run(root, str(work / "shards"), _config(clip_model), str(work))
+    return result, run_id, str(work)
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_every_clip_and_window_is_accounted_for_exactly_once(build, source, synth_clips):
+    result, _, _ = build
+    _, expected = source
+    out = result.out_dir
+    manifest = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
+    rejects = pq.read_table(os.path.join(out, "rejects.parquet")).to_pylist()
+    clip_rejects = {r["clip_id"]: r["reason"] for r in rejects if r["stage"] == "ingest"}
+    # Each broken clip rejected with its specific reason ...
+    assert clip_rejects == expected
+    # ... and every good clip written or deliberately not selected, window by window.
+    good = set(os.listdir(synth_clips))
+    window_rows = manifest + [r for r in rejects if r["stage"] != "ingest"]
+    keys = [r["key"] for r in window_rows]
+    assert len(keys) == len(set(keys)) == result.report["accounting"]["windows_cut"]
+    assert {r["clip_id"] for r in window_rows} == good
+    assert {r["reason"] for r in rejects if r["stage"] == "select"} <= {
+        Reason.NOT_SELECTED_STRIDE.value, Reason.NOT_SELECTED_BALANCE.value}
+    assert all(r["detail"] for r in rejects)
+    acc = result.report["accounting"]
+    assert acc["clips_in"] == len(good) + len(expected) == acc["clips_rejected"] + acc["clips_with_windows"]
+    assert acc["windows_failed"] == 0
+    assert acc["windows_written"] == len(manifest) > 0
+
+
+def test_splits_respect_geofences_and_stride(build):
+    result, _, _ = build
+    out = result.out_dir
+    fences = Geofences.from_geojson(os.path.join(out, "geofences.geojson"))
+    manifest = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
+    assert {m["split"] for m in manifest} == {"train", "val"}
+    import webdataset as wds
+
+    stride = result.report and 0.5
+    by_drive: dict[str, list[float]] = {}
+    for tar in sorted(glob.glob(os.path.join(out, "*", "shard-*.tar"))):
+        for sample in wds.WebDataset(tar, shardshuffle=False):
+            meta = json.loads(sample["json"])
+            track = np.stack([meta["gps"]["longitude"], meta["gps"]["latitude"]], axis=1)
+            assert fences.touches(track) == (meta["split"] == "val"), meta["key"]
+            assert os.path.basename(os.path.dirname(tar)) == meta["split"]
+            by_drive.setdefault(meta["split"] + meta["drive_id"], []).append(meta["start_time_s"])
+    for starts in by_drive.values():
+        starts.sort()
+        assert np.all(np.diff(starts) >= stride - 1e-6)
+
+
+def test_balancing_flattens_the_joint_cells(build):
+    result, _, _ = build
+    bal = result.report["balance"]["train"]
+    assert bal["entropy_after"] > bal["entropy_before"]
+    manifest = pq.read_table(os.path.join(result.out_dir, "manifest.parquet")).to_pylist()
+    train = [m for m in manifest if m["split"] == "train"]
+    assert max(m["weight"] for m in train) > 1.0 and min(m["weight"] for m in train) >= 1.0 - 1e-9
+    assert os.path.exists(os.path.join(result.out_dir, "plots", "cells.png"))
+
+
+def test_shards_read_back_with_webdataset_keys_dtypes_shapes(build):
+    import webdataset as wds
+
+    result, _, _ = build
+    tars = sorted(glob.glob(os.path.join(result.out_dir, "*", "shard-*.tar")))
+    assert len(tars) >= 2
+    n = 0
+    for sample in wds.WebDataset(tars, shardshuffle=False).decode():
+        meta = sample["json"]
+        cams = [c["name"] for c in meta["cameras"]]
+        assert "." not in sample["__key__"]
+        t, b = 16, 8
+        boxes, valid, clip = sample["boxes.npy"], sample["boxes_valid.npy"], sample["clip.npy"]
+        assert boxes.dtype == np.float32 and boxes.shape == (t, len(cams), b, 13)
+        assert valid.dtype == bool and valid.shape == (t, len(cams), b)
+        assert clip.dtype == np.float32 and clip.shape[0] == len(cams)
+        assert np.all(boxes[~valid] == 0) and valid.any()
+        assert np.all((boxes[valid][:, :4] >= 0) & (boxes[valid][:, :4] <= 1))
+        for cam in cams:
+            assert isinstance(sample[f"{cam}.mp4"], bytes)
+        assert len(meta["timestamps"]) == len(meta["ego"]["speed"]) == t
+        assert meta["cameras"][0]["width"] == 64 and meta["cameras"][0]["height"] == 32
+        n += 1
+    assert n == result.report["accounting"]["windows_written"]
+
+
+def test_shards_read_back_with_ray_data(build, ray_session):
+    import ray
+
+    result, _, _ = build
+    ds = ray.data.read_webdataset(os.path.join(result.out_dir, "train"), decoder=False)
+    rows = ds.take_all()
+    assert len(rows) == result.report["splits"]["train"]
+    row = rows[0]
+    meta = json.loads(row["json"])
+    boxes = np.load(io.BytesIO(row["boxes.npy"]))
+    assert boxes.shape[1] == len(meta["cameras"]) and boxes.shape[-1] == 13
+    from gaia2.video.decode import open_video
+
+    mp4 = row[f"{meta['cameras'][0]['name']}.mp4"]
+    frames = open_video(mp4, "front").get_batch(list(range(16))).asnumpy()
+    assert frames.shape == (16, 32, 64, 3)
+
+
+def test_same_inputs_and_seed_give_byte_identical_shards(build, source, clip_model, ray_session, tmp_path):
+    from pipelines.shards.build import build_shards
+
+    result, _, _ = build
+    again = build_shards(source[0], str(tmp_path / "again"), _config(clip_model), log=lambda s: None)
+    first = sorted(glob.glob(os.path.join(result.out_dir, "*", "shard-*.tar")))
+    second = sorted(glob.glob(os.path.join(again.out_dir, "*", "shard-*.tar")))
+    assert [os.path.relpath(p, result.out_dir) for p in first] == [os.path.relpath(p, again.out_dir) for p in second]
+    assert [_sha(p) for p in first] == [_sha(p) for p in second]
+    assert _sha(os.path.join(result.out_dir, "manifest.parquet")) == _sha(os.path.join(again.out_dir, "manifest.parquet"))
+
+
+def test_resume_keeps_complete_shards_and_redoes_partial_ones(build, source, clip_model, ray_session, tmp_path):
+    from pipelines.shards.build import OutputConflict, build_shards
+
+    result, _, _ = build
+    out = str(tmp_path / "resume")
+    shutil.copytree(result.out_dir, out)
+    tars = sorted(glob.glob(os.path.join(out, "*", "shard-*.tar")))
+    kept, broken = tars[0], tars[-1]
+    kept_mtime, digest = os.stat(kept).st_mtime_ns, _sha(broken)
+    with open(broken, "r+b") as f:       # a shard cut short by a crash ...
+        f.truncate(1000)
+    open(broken.replace(".tar", ".tar.partial"), "wb").write(b"junk")   # ... and a leftover temp file
+    build_shards(source[0], out, _config(clip_model), log=lambda s: None)
+    assert os.stat(kept).st_mtime_ns == kept_mtime
+    assert _sha(broken) == digest
+    assert not glob.glob(os.path.join(out, "**", "*.partial"), recursive=True)
+    with pytest.raises(OutputConflict):
+        build_shards(source[0], out, _config(clip_model, seed=5), log=lambda s: None)
+
+
+def test_build_is_one_mlflow_run_with_config_counts_and_report(build):
+    import mlflow
+
+    result, run_id, work = build
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
+    run = mlflow.get_run(run_id)
+    assert run.data.params["window.frames"] == "16"
+    assert run.data.metrics["count.windows_written"] == result.report["accounting"]["windows_written"]
+    assert run.data.metrics["train.entropy_after"] > run.data.metrics["train.entropy_before"]
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "build")}
+    assert {"build/report.json", "build/config.yaml", "build/rejects.parquet", "build/plots"} <= arts
