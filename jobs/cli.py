@@ -3,6 +3,7 @@
     gaia2 synth --out DIR --clips N --seed S       synthetic multi-rig clips (clip-directory layout)
     gaia2 shards build --source PATH --out DIR     balanced, geofenced WebDataset shards
     gaia2 shards manifest --source DIR --out FILE  a clip directory as a Parquet manifest
+    gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data
 """
 
@@ -35,6 +36,16 @@ def _shards_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shards_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.shards.verify import verify_build
+
+    result = verify_build(args.out, args.source)
+    print(json.dumps(result, indent=1))
+    return 0 if result["ok"] else 1
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from jobs.quickstart import main as quickstart
 
@@ -62,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--source", required=True)
     m.add_argument("--out", required=True)
     m.set_defaults(fn=_shards_manifest)
+    v = sh.add_parser("verify", help="check a finished build: accounting, geofences, stride, balance, contract")
+    v.add_argument("--out", required=True, help="the build's output directory")
+    v.add_argument("--source", help="the build's source, to check every input clip is accounted for")
+    v.set_defaults(fn=_shards_verify)
 
     q = sub.add_parser("quickstart", help="run the local pipeline end to end on synthetic data")
     q.add_argument("--workdir", default="gaia2-quickstart")

@@ -32,11 +32,11 @@ from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
-from pipelines.shards.decode import DecodeWindows
+from pipelines.shards.decode import decode_batch
 from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
-from pipelines.shards.encode import EncodeSamples
-from pipelines.shards.ingest import IngestClips
+from pipelines.shards.encode import encode_batch
+from pipelines.shards.ingest import ingest_batch
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
 from pipelines.shards.write import index_path, read_index, shard_path, write_shard_group
@@ -54,24 +54,6 @@ class BuildResult:
     report: dict
     fingerprint: str
     seconds: float
-
-
-# Stage functions run as Ray tasks; the callable classes hold no heavy state, so building one per
-# batch costs a config parse.
-def _ingest(batch, config_json):
-    return IngestClips(config_json)(batch)
-
-
-def _decode(batch, config_json):
-    return DecodeWindows(config_json)(batch)
-
-
-def _encode(batch, config_json):
-    return EncodeSamples(config_json)(batch)
-
-
-def _write(group, out_dir):
-    return write_shard_group(group, out_dir)
 
 
 def fingerprint(cfg: ShardBuildConfig, refs: list[ClipRef]) -> str:
@@ -118,7 +100,7 @@ def _prepare_output(out_dir: str, cfg: ShardBuildConfig, fp: str, geofences: Geo
 def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
     items = [{**asdict(ref), "record": ref.record or ""} for ref in refs]
     ds = ray.data.from_items(items).map_batches(
-        _ingest, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
+        ingest_batch, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
         num_cpus=cfg.resources.ingest_cpus)
     return ds.take_all()
 
@@ -132,7 +114,7 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
-    ds = ds.map_batches(_decode, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.decode_cpus)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.decode_cpus)
     ds = ds.map_batches(
         DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
                                              "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
@@ -141,10 +123,12 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     ds = ds.map_batches(
         EmbedClip, fn_constructor_kwargs={"path": emb.clip_path}, batch_size=emb.batch_size,
         compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus)
-    ds = ds.map_batches(_encode, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.encode_cpus)
-    ds = ds.groupby("shard").map_groups(_write, fn_kwargs={"out_dir": out_dir}, batch_format="numpy",
+    ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.encode_cpus)
+    ds = ds.groupby("shard", num_partitions=max(1, min(len({r["shard"] for r in todo}), 64))).map_groups(write_shard_group, fn_kwargs={"out_dir": out_dir}, batch_format="numpy",
                                         num_cpus=res.write_cpus)
     written = ds.take_all()
+    import os as _o
+    if _o.environ.get("GAIA2_STATS"): print(ds.stats())
     missing = {r["shard"] for r in todo} - {r["shard"] for r in written}
     if missing:
         raise RuntimeError(f"shards not written: {sorted(missing)}")
