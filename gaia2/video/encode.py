@@ -1,18 +1,37 @@
 """H.264/MP4 encoding with PyAV, byte-for-byte reproducible.
 
-Reproducibility: the encoder's thread count is fixed (x264 output depends on it) and the muxer
-runs with ``fflags=+bitexact`` so no timestamps or library versions leak into the file.
+Reproducibility: the encoder's thread count is fixed (x264 output depends on it), the muxer
+runs with ``fflags=+bitexact`` so no timestamps or library versions leak into the file, and on
+CPUs with AVX-512 x264 is held to its AVX2 code paths: its AVX-512 kernels were seen to give
+run-to-run differences for the same frames (7 distinct outputs in 30 encodes of one clip).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import platform
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import av
 import numpy as np
+
+
+# Every AVX-512 CPU has all of these, so pinning them cannot select an unsupported instruction.
+_X264_NO_AVX512 = "asm=MMX2,SSE,SSE2,SSE2Fast,SSE3,SSSE3,SSE4.1,SSE4.2,LZCNT,AVX,FMA3,BMI1,BMI2,AVX2"
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_avx512() -> bool:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -38,9 +57,11 @@ def encode_video(frames: np.ndarray, fps: float, codec: VideoCodec = VideoCodec(
     buf = io.BytesIO()
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(codec.codec, rate=rate, options={
-            "crf": str(codec.crf), "preset": codec.preset, "g": str(codec.gop),
-            "threads": str(codec.threads), "flags": "+bitexact"})
+        options = {"crf": str(codec.crf), "preset": codec.preset, "g": str(codec.gop),
+                   "threads": str(codec.threads), "flags": "+bitexact"}
+        if codec.codec == "libx264" and _cpu_has_avx512():
+            options["x264-params"] = _X264_NO_AVX512
+        stream = container.add_stream(codec.codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.thread_count = codec.threads
         for frame in frames:
