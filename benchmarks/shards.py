@@ -53,6 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per synthetic clip")
     p.add_argument("--workdir", default="bench-work")
     args = p.parse_args()
 
@@ -63,9 +64,9 @@ def main() -> None:
     from pipelines.shards.build import build_shards
 
     work = os.path.abspath(args.workdir)
-    clips = os.path.join(work, f"clips-{args.clips}-{args.seed}")
+    clips = os.path.join(work, f"clips-{args.clips}-{args.seed}-{args.duration:g}s")
     if not os.path.isdir(clips):
-        generate_clips(clips, args.clips, seed=args.seed, workers=os.cpu_count())
+        generate_clips(clips, args.clips, seed=args.seed, duration_s=args.duration, workers=os.cpu_count())
     clip_path = save_random_clip(os.path.join(work, "clip-random"))
     cfg = load_shard_config("tiny", overrides={"embedding": {"clip_path": clip_path}, "seed": args.seed})
     out = os.path.join(work, f"shards-{time.time_ns()}")

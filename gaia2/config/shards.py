@@ -42,7 +42,7 @@ class IngestConfig(StrictModel):
     min_cameras: int = Field(5, ge=1, description="clips with fewer cameras are rejected (missing_camera)")
     decode_check: Literal["last_frame", "all_frames"] = Field(
         "last_frame", description="how far ingest decodes to detect truncated video")
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1, description="clips per ingest task")
 
 
 class DetectionConfig(StrictModel):
@@ -52,7 +52,7 @@ class DetectionConfig(StrictModel):
     score_threshold: float = Field(0.3, ge=0, le=1)
     batch_size: int = Field(4, ge=1, description="windows per detector call")
     num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.25, gt=0)
     concurrency: int = Field(1, ge=1, description="detector actors")
 
     @model_validator(mode="after")
@@ -66,7 +66,7 @@ class EmbeddingConfig(StrictModel):
     clip_path: str | None = Field(None, description="directory of a transformers CLIP vision model")
     batch_size: int = Field(8, ge=1, description="windows per embedding call")
     num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.25, gt=0)
     concurrency: int = Field(1, ge=1, description="CLIP actors")
 
 
@@ -96,11 +96,17 @@ class ShardWriterConfig(StrictModel):
 
 
 class ResourcesConfig(StrictModel):
-    """Logical CPUs per task of the stages that run as Ray tasks."""
-    ingest_cpus: float = Field(1.0, gt=0)
-    decode_cpus: float = Field(1.0, gt=0)
-    encode_cpus: float = Field(1.0, gt=0)
-    write_cpus: float = Field(1.0, gt=0)
+    """Logical CPUs per task of the stages that run as Ray tasks.
+
+    On a small machine the actor stages (detector, CLIP) hold their CPUs for the whole run; tasks
+    asking for a whole CPU each would then run one at a time. The tiny preset asks for half a CPU
+    per task so decode and encode keep every core busy beside the actors.
+    """
+    ingest_cpus: float = Field(0.5, gt=0)
+    decode_cpus: float = Field(0.5, gt=0)
+    encode_cpus: float = Field(0.5, gt=0)
+    write_cpus: float = Field(0.5, gt=0)
+    decode_batch_size: int = Field(2, ge=1, description="windows per decode task")
 
 
 class ShardBuildConfig(StrictModel):
@@ -133,6 +139,7 @@ def paper() -> ShardBuildConfig:
                                   num_cpus=2, concurrency=8),
         balance=BalanceConfig(keys=["country", "weather", "time_of_day", "intersection_type"]),
         shards=ShardWriterConfig(target_mb=1024),
+        resources=ResourcesConfig(ingest_cpus=1, decode_cpus=2, encode_cpus=4, write_cpus=1, decode_batch_size=1),
     )
 
 

@@ -114,7 +114,8 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
-    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.decode_cpus)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, batch_size=res.decode_batch_size,
+                        num_cpus=res.decode_cpus)
     ds = ds.map_batches(
         DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
                                              "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
