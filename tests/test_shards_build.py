@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -19,8 +18,7 @@ from gaia2.schema.errors import Reason
 from tests.bad_inputs import make_bad_clips
 
 OVERRIDES = {"window": {"frames": 16, "hop": 8}, "image": {"height": 32, "width": 64},
-             "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_boxes": 8},
-             "resources": {"decode_cpus": 0.5, "encode_cpus": 0.5}}
+             "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_boxes": 8}}
 
 
 def _config(clip_model, **extra):
@@ -116,7 +114,7 @@ def test_shards_read_back_with_webdataset_keys_dtypes_shapes(build):
     result, _, _ = build
     tars = sorted(glob.glob(os.path.join(result.out_dir, "*", "shard-*.tar")))
     assert len(tars) >= 2
-    n = 0
+    n = with_agents = 0
     for sample in wds.WebDataset(tars, shardshuffle=False).decode():
         meta = sample["json"]
         cams = [c["name"] for c in meta["cameras"]]
@@ -126,7 +124,8 @@ def test_shards_read_back_with_webdataset_keys_dtypes_shapes(build):
         assert boxes.dtype == np.float32 and boxes.shape == (t, len(cams), b, 13)
         assert valid.dtype == bool and valid.shape == (t, len(cams), b)
         assert clip.dtype == np.float32 and clip.shape[0] == len(cams)
-        assert np.all(boxes[~valid] == 0) and valid.any()
+        assert np.all(boxes[~valid] == 0)
+        with_agents += bool(valid.any())
         assert np.all((boxes[valid][:, :4] >= 0) & (boxes[valid][:, :4] <= 1))
         for cam in cams:
             assert isinstance(sample[f"{cam}.mp4"], bytes)
@@ -134,22 +133,25 @@ def test_shards_read_back_with_webdataset_keys_dtypes_shapes(build):
         assert meta["cameras"][0]["width"] == 64 and meta["cameras"][0]["height"] == 32
         n += 1
     assert n == result.report["accounting"]["windows_written"]
+    assert with_agents > n // 2   # the synthetic scenes have traffic: most windows see agents
 
 
 def test_shards_read_back_with_ray_data(build, ray_session):
     import ray
 
-    result, _, _ = build
-    ds = ray.data.read_webdataset(os.path.join(result.out_dir, "train"), decoder=False)
-    rows = ds.take_all()
-    assert len(rows) == result.report["splits"]["train"]
-    row = rows[0]
-    meta = json.loads(row["json"])
-    boxes = np.load(io.BytesIO(row["boxes.npy"]))
-    assert boxes.shape[1] == len(meta["cameras"]) and boxes.shape[-1] == 13
     from gaia2.video.decode import open_video
 
-    mp4 = row[f"{meta['cameras'][0]['name']}.mp4"]
+    result, _, _ = build
+    # Ray's default WebDataset decoder: .json -> dict, .npy -> ndarray, .mp4 stays bytes.
+    rows = ray.data.read_webdataset(os.path.join(result.out_dir, "train")).take_all()
+    assert len(rows) == result.report["splits"]["train"]
+    for row in rows:
+        meta = row["json"]
+        n = len(meta["cameras"])
+        assert row["boxes.npy"].shape == (16, n, 8, 13) and row["boxes.npy"].dtype == np.float32
+        assert row["boxes_valid.npy"].shape == (16, n, 8) and row["boxes_valid.npy"].dtype == bool
+        assert row["clip.npy"].shape[0] == n and row["clip.npy"].dtype == np.float32
+    mp4 = rows[0][f"{rows[0]['json']['cameras'][0]['name']}.mp4"]
     frames = open_video(mp4, "front").get_batch(list(range(16))).asnumpy()
     assert frames.shape == (16, 32, 64, 3)
 

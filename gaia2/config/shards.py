@@ -40,8 +40,10 @@ class CodecConfig(StrictModel):
 
 class IngestConfig(StrictModel):
     min_cameras: int = Field(5, ge=1, description="clips with fewer cameras are rejected (missing_camera)")
-    decode_check: Literal["last_frame", "all_frames"] = Field(
-        "last_frame", description="how far ingest decodes to detect truncated video")
+    decode_check: Literal["container", "last_frame", "all_frames"] = Field(
+        "container", description="how far ingest decodes each video: container = open it, check its box "
+                                 "structure and frame count (catches empty, unreadable, truncated and short files); "
+                                 "last_frame/all_frames also decode frames (corrupt streams)")
     batch_size: int = Field(4, ge=1, description="clips per ingest task")
 
 
@@ -98,15 +100,18 @@ class ShardWriterConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """Logical CPUs per task of the stages that run as Ray tasks.
 
-    On a small machine the actor stages (detector, CLIP) hold their CPUs for the whole run; tasks
-    asking for a whole CPU each would then run one at a time. The tiny preset asks for half a CPU
-    per task so decode and encode keep every core busy beside the actors.
+    ``window``: the fused decode -> detect (ground truth) -> encode-videos task, the heavy one.
+    ``pack``: building the sample and writing shards, light. On a small machine the CLIP actor holds
+    its CPUs for the whole run, so the tiny preset asks for fractions that let two window tasks run
+    beside it on two cores.
     """
     ingest_cpus: float = Field(0.5, gt=0)
-    decode_cpus: float = Field(0.5, gt=0)
-    encode_cpus: float = Field(0.5, gt=0)
-    write_cpus: float = Field(0.5, gt=0)
-    decode_batch_size: int = Field(2, ge=1, description="windows per decode task")
+    window_cpus: float = Field(0.75, gt=0)
+    window_batch_size: int = Field(2, ge=1, description="windows per decode/encode task")
+    pack_cpus: float = Field(0.25, gt=0)
+    reserve_per_operator: bool = Field(
+        False, description="Ray Data's per-operator resource reservation; off on small machines, where it "
+                           "starves the heavy window stage")
 
 
 class ShardBuildConfig(StrictModel):
@@ -139,7 +144,8 @@ def paper() -> ShardBuildConfig:
                                   num_cpus=2, concurrency=8),
         balance=BalanceConfig(keys=["country", "weather", "time_of_day", "intersection_type"]),
         shards=ShardWriterConfig(target_mb=1024),
-        resources=ResourcesConfig(ingest_cpus=1, decode_cpus=2, encode_cpus=4, write_cpus=1, decode_batch_size=1),
+        resources=ResourcesConfig(ingest_cpus=1, window_cpus=4, window_batch_size=1, pack_cpus=1,
+                                  reserve_per_operator=True),
     )
 
 

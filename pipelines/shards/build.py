@@ -1,11 +1,13 @@
 """The shard build: clips -> balanced, geofenced WebDataset shards + manifest, rejects and report.
 
     ingest (tasks)  ->  plan (driver: split, stride, balance, shard names)
-    -> decode (tasks) -> detect (actors) -> embed (actors) -> encode (tasks) -> groupby shard -> write
+    -> [decode -> detect -> encode videos] (one fused task; detect is an actor pool for a network)
+    -> CLIP embed (actor pool) -> pack + stage each sample (tasks) -> assemble each shard (tasks)
 
 Output directory:
     train/shard-000000.tar ...   val/shard-000000.tar ...   WebDataset shards
     index/<split>-shard-*.json   per-shard sidecar: samples, failures, bytes, sha256 (resume)
+    _staging/                    samples of shards not yet assembled (only while a build runs)
     manifest.parquet             one row per written sample
     rejects.parquet              one row per rejected clip, failed window or window not selected
     report.json, plots/*.png     counts, cell distributions and entropies, split counts, reasons
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -33,13 +36,13 @@ from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
 from pipelines.shards.decode import decode_batch
-from pipelines.shards.detect import DetectAgents
+from pipelines.shards.detect import DetectAgents, detect_batch
 from pipelines.shards.embed import EmbedClip
-from pipelines.shards.encode import encode_batch
+from pipelines.shards.encode import encode_batch, pack_batch
 from pipelines.shards.ingest import ingest_batch
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
-from pipelines.shards.write import index_path, read_index, shard_path, write_shard_group
+from pipelines.shards.write import STAGING, assemble_batch, index_path, is_staged, read_index, shard_path, stage_batch
 
 BUILD_FILE = "build.json"
 
@@ -106,33 +109,53 @@ def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
 
 
 def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
-    """Decode, annotate, encode and write every planned shard in ``todo`` (rows of those shards)."""
+    """Decode, annotate, encode and stage every window in ``todo``."""
     if not todo:
         return
     config_json = cfg.model_dump_json()
     det, emb, res = cfg.detection, cfg.embedding, cfg.resources
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = res.reserve_per_operator
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
-    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, batch_size=res.decode_batch_size,
-                        num_cpus=res.decode_cpus)
-    ds = ds.map_batches(
-        DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
-                                             "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
-        batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
-        num_cpus=det.num_cpus, num_gpus=det.num_gpus)
+    # decode -> detect -> encode videos run as tasks of one shape, which Ray fuses into one task;
+    # a detector network is an actor pool instead (loaded once, on GPUs when asked).
+    task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus}
+    detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_boxes": det.max_boxes,
+                   "score_threshold": det.score_threshold}
+    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, **task)
+    if det.kind == "ground_truth":
+        ds = ds.map_batches(detect_batch, fn_kwargs=detect_args, **task)
+    else:
+        ds = ds.map_batches(DetectAgents, fn_constructor_kwargs=detect_args, batch_size=det.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=det.concurrency),
+                            num_cpus=det.num_cpus, num_gpus=det.num_gpus)
+    ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, **task)
     ds = ds.map_batches(
         EmbedClip, fn_constructor_kwargs={"path": emb.clip_path}, batch_size=emb.batch_size,
         compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus)
-    ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, batch_size=1, num_cpus=res.encode_cpus)
-    ds = ds.groupby("shard", num_partitions=max(1, min(len({r["shard"] for r in todo}), 64))).map_groups(write_shard_group, fn_kwargs={"out_dir": out_dir}, batch_format="numpy",
-                                        num_cpus=res.write_cpus)
-    written = ds.take_all()
-    import os as _o
-    if _o.environ.get("GAIA2_STATS"): print(ds.stats())
-    missing = {r["shard"] for r in todo} - {r["shard"] for r in written}
-    if missing:
-        raise RuntimeError(f"shards not written: {sorted(missing)}")
+    pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus}
+    ds = ds.map_batches(pack_batch, fn_kwargs={"config_json": config_json}, **pack)
+    ds = ds.map_batches(stage_batch, fn_kwargs={"out_dir": out_dir}, **pack)
+    staged = ds.take_all()
+    if os.environ.get("GAIA2_DATA_STATS"):   # Ray Data's per-operator timings, for tuning
+        print(ds.stats())
+    if len(staged) != len(todo):
+        raise RuntimeError(f"{len(todo)} windows to stage, {len(staged)} staged")
+
+
+def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str) -> None:
+    """Assemble each shard from its staged samples (one Ray task per shard)."""
+    if not shards:
+        return
+    fields = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")
+    rows: dict[str, list[dict]] = {s: [] for s in shards}
+    for r in plan.selected:
+        if r["shard"] in rows:
+            rows[r["shard"]].append({f: r[f] for f in fields})
+    items = [{"shard": s, "rows_json": json.dumps(rows[s])} for s in shards]
+    ray.data.from_items(items).map_batches(assemble_batch, fn_kwargs={"out_dir": out_dir}, batch_size=1,
+                                           num_cpus=cfg.resources.pack_cpus).take_all()
 
 
 def _reject_row(clip_id: str, key: str, window: int, stage: str, reason: str, detail: str,
@@ -168,17 +191,32 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
     resuming = _prepare_output(out_dir, cfg, fp, geofences)
     log(f"[shards] {len(refs)} clips from {source} -> {out_dir}" + (" (resuming)" if resuming else ""))
 
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        timings[name] = round(now - mark, 3)
+        mark = now
+
     rows = run_ingest(refs, cfg)
+    lap("ingest_s")
     windows = [r for r in rows if r["kind"] == "window"]
     clip_rejects = [r for r in rows if r["kind"] == "reject"]
     plan = make_plan(windows, cfg, geofences)
+    lap("select_s")
     shards = plan.shards()
     done = {s for s in shards if read_index(out_dir, s) is not None}
-    todo = [r for r in plan.selected if r["shard"] not in done]
+    todo = [r for r in plan.selected if r["shard"] not in done and not is_staged(out_dir, r["shard"], r["key"])]
     log(f"[shards] {len(windows)} windows from {len(refs) - len(clip_rejects)} clips, {len(clip_rejects)} clips "
         f"rejected; {len(plan.selected)} windows selected into {len(shards)} shards "
-        f"({len(done)} already complete)")
+        f"({len(done)} already complete, {len(todo)} windows to process)")
     run_samples(todo, cfg, out_dir)
+    lap("samples_s")
+    assemble([s for s in shards if s not in done], plan, cfg, out_dir)
+    shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # every shard is assembled
+    lap("assemble_s")
 
     manifest, failed = [], []
     for shard in shards:
@@ -198,7 +236,10 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
     _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects, REJECTS_SCHEMA)
     report["plots"] = write_report_plots(_plot_stats(report, windows, plan, geofences),
                                          os.path.join(out_dir, "plots"))
+    lap("report_s")
+    report["timings"] = timings
     report["seconds"] = round(time.perf_counter() - started, 3)
+    log(f"[shards] done in {report['seconds']:.1f} s ({', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items())})")
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     with open(os.path.join(out_dir, BUILD_FILE), "w") as f:

@@ -1,4 +1,9 @@
-"""Stage 4: encode one window into its WebDataset sample (tar member bytes)."""
+"""Stages 4 and 6: encode a window's videos, then pack the window into its WebDataset sample.
+
+Videos are encoded right after decoding and detection (Ray fuses those task stages into one task),
+so full-resolution frames never cross a process boundary unless a detector network needs them.
+Only each camera's middle frame travels on, to the CLIP stage.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,14 @@ from gaia2.schema.clip import Clip, dumps
 from gaia2.schema.metadata import VOCAB_VERSION, decode_metadata
 from gaia2.schema.sample import SAMPLE_VERSION, npy_bytes, tar_members
 from gaia2.video.encode import VideoCodec, encode_video
+from pipelines.shards.common import object_column
 
 
-class EncodeSamples:
-    """Callable Ray Data stage: decoded + annotated window rows -> ``sample`` (tar member bytes)."""
+class PackSamples:
+    """Callable Ray Data stage: encoded + annotated window rows -> ``sample`` (tar member bytes)."""
 
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
-        self.codec = VideoCodec.from_config(self.cfg.codec)
 
     def sample_json(self, row: dict, clip: Clip, cameras: list[dict], timestamps: np.ndarray) -> dict:
         t0 = float(timestamps[0])
@@ -40,16 +45,13 @@ class EncodeSamples:
             "metadata_values": decode_metadata(clip.metadata_ids),
         }
 
-    def encode(self, row: dict) -> bytes:
+    def pack(self, row: dict) -> bytes:
         clip = Clip.from_dict(json.loads(row["clip_json"]))
         cameras = json.loads(row["cameras_json"])
         timestamps = np.asarray(row["timestamps"], dtype=np.float64)
-        frames = row["frames"]   # (N, T, H, W, 3) uint8
-        fps = 1.0 / float(np.median(np.diff(timestamps)))
         key = row["key"]
         files = [(f"{key}.json", dumps(self.sample_json(row, clip, cameras, timestamps)).encode())]
-        for cam, cam_frames in zip(clip.cameras, frames):
-            files.append((f"{key}.{cam.name}.mp4", encode_video(np.asarray(cam_frames), fps, self.codec)))
+        files += [(f"{key}.{cam.name}.mp4", bytes(video)) for cam, video in zip(clip.cameras, row["videos"])]
         files.append((f"{key}.boxes.npy", npy_bytes(np.asarray(row["boxes"], dtype=np.float32))))
         files.append((f"{key}.boxes_valid.npy", npy_bytes(np.asarray(row["boxes_valid"], dtype=bool))))
         files.append((f"{key}.clip.npy", npy_bytes(np.asarray(row["clip"], dtype=np.float32))))
@@ -62,18 +64,51 @@ class EncodeSamples:
             data = b""
             if not errors[i]:
                 try:
-                    data = self.encode({k: v[i] for k, v in batch.items()})
+                    data = self.pack({k: v[i] for k, v in batch.items()})
                 except Exception as err:   # becomes a reject row, not a crash
-                    errors[i] = f"decode_failed: encoding: {type(err).__name__}: {err}"
+                    errors[i] = f"decode_failed: packing: {type(err).__name__}: {err}"
             samples.append(data)
-        # Pixels are done with: drop them so they don't travel through the shuffle to the writer.
         keep = ("key", "shard", "split", "weight", "cell", "clip_id", "drive_id", "window", "start_time")
         out = {k: batch[k] for k in keep}
         out["sample"] = np.asarray(samples, dtype=object)
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
+
+class EncodeVideos:
+    """Callable Ray Data stage: ``frames`` (N, T, H, W, 3) -> ``videos`` (one MP4 per camera).
+
+    ``frames`` is cut down to each camera's middle frame, (N, 1, H, W, 3): all the CLIP stage reads.
+    """
+
+    def __init__(self, config_json: str):
+        self.codec = VideoCodec.from_config(ShardBuildConfig.model_validate_json(config_json).codec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        videos, middles, errors = [], [], list(batch["error"])
+        for i in range(len(batch["key"])):
+            frames, encoded = batch["frames"][i], []
+            if not errors[i]:
+                try:
+                    t = np.asarray(batch["timestamps"][i], dtype=np.float64)
+                    fps = 1.0 / float(np.median(np.diff(t)))
+                    encoded = [encode_video(np.asarray(cam), fps, self.codec) for cam in frames]
+                    frames = frames[:, frames.shape[1] // 2: frames.shape[1] // 2 + 1]
+                except Exception as err:   # becomes a reject row, not a crash
+                    errors[i] = f"decode_failed: encoding: {type(err).__name__}: {err}"
+            videos.append(encoded)
+            middles.append(np.ascontiguousarray(frames))
+        out = dict(batch)
+        out["videos"] = object_column(videos)
+        out["frames"] = object_column(middles)
+        out["error"] = np.asarray(errors, dtype=object)
+        return out
+
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not
 # torch or transformers, which the actor stages need): a fresh worker starts in well under a second.
 def encode_batch(batch: dict[str, np.ndarray], config_json: str) -> dict[str, np.ndarray]:
-    return EncodeSamples(config_json)(batch)
+    return EncodeVideos(config_json)(batch)
+
+
+def pack_batch(batch: dict[str, np.ndarray], config_json: str) -> dict[str, np.ndarray]:
+    return PackSamples(config_json)(batch)

@@ -1,8 +1,14 @@
-"""Stage 5: write one shard from its samples, atomically, plus its index sidecar.
+"""Writing shards: each sample is staged as its own file, then each shard is assembled from them.
 
 The shard's name and membership come from the plan (decided before any pixel is decoded), so the
-output does not depend on which worker finished first. Commit order: the index sidecar is written
-first, then the tar is renamed into place; a tar under its final name therefore always has its index.
+output does not depend on which worker finished first, and no shuffle is needed: the packing stage
+stages each sample as ``_staging/<split>-shard-NNNNNN/<key>.tarpart`` (tar member bytes) or
+``<key>.failed.json``; assembly concatenates a shard's staged samples in key order.
+
+Commit order, for resume: staged files are written to a temporary name and renamed; a shard's index
+sidecar is written before its tar is renamed into place, so a tar under its final name always has
+its index; staged files are deleted only after that. A rerun keeps complete shards, reuses staged
+samples of incomplete ones and redoes the rest.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 
 from gaia2.schema.sample import tar_archive
+
+STAGING = "_staging"
+_PART, _FAILED = ".tarpart", ".failed.json"
 
 
 def shard_path(out_dir: str, shard: str) -> str:
@@ -24,7 +34,11 @@ def index_path(out_dir: str, shard: str) -> str:
     return os.path.join(out_dir, "index", shard.replace("/", "-") + ".json")
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def staging_dir(out_dir: str, shard: str) -> str:
+    return os.path.join(out_dir, STAGING, shard.replace("/", "-"))
+
+
+def atomic_write(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.partial"
     with open(tmp, "wb") as f:
@@ -44,23 +58,56 @@ def read_index(out_dir: str, shard: str) -> dict | None:
     return index if index.get("bytes") == os.path.getsize(tar) else None
 
 
-def write_shard_group(group: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
-    """``map_groups`` function: all rows of one shard -> the shard on disk and a one-row summary."""
-    order = np.argsort(group["key"].astype(str), kind="stable")
-    shard = str(group["shard"][0])
-    samples, failed = [], []
-    for i in order:
-        row = {k: v[i] for k, v in group.items()}
-        info = {"key": str(row["key"]), "clip_id": str(row["clip_id"]), "drive_id": str(row["drive_id"]),
-                "window": int(row["window"]), "start_time": float(row["start_time"]),
-                "split": str(row["split"]), "cell": str(row["cell"]), "weight": float(row["weight"])}
-        if row["error"]:
-            failed.append({**info, "error": str(row["error"])})
+def is_staged(out_dir: str, shard: str, key: str) -> bool:
+    d = staging_dir(out_dir, shard)
+    return os.path.exists(os.path.join(d, key + _PART)) or os.path.exists(os.path.join(d, key + _FAILED))
+
+
+def stage_sample(out_dir: str, shard: str, key: str, sample: bytes, error: str) -> None:
+    """Stage one sample's tar members, or the reason it failed."""
+    d = staging_dir(out_dir, shard)
+    if error:
+        atomic_write(os.path.join(d, key + _FAILED), json.dumps({"error": error}).encode())
+    else:
+        atomic_write(os.path.join(d, key + _PART), sample)
+
+
+def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
+    """Concatenate the staged samples of ``rows`` (the plan's rows of this shard) into the shard.
+
+    Returns the shard's index: its samples (manifest rows), failures, size and SHA-256.
+    """
+    d = staging_dir(out_dir, shard)
+    fragments, samples, failed = [], [], []
+    for row in sorted(rows, key=lambda r: r["key"]):
+        info = {k: row[k] for k in ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")}
+        part, fail = os.path.join(d, row["key"] + _PART), os.path.join(d, row["key"] + _FAILED)
+        if os.path.exists(part):
+            with open(part, "rb") as f:
+                fragments.append(f.read())
+            samples.append(info)
+        elif os.path.exists(fail):
+            with open(fail) as f:
+                failed.append({**info, "error": json.load(f)["error"]})
         else:
-            samples.append((info, bytes(row["sample"])))
-    data = tar_archive([s for _, s in samples])
+            raise RuntimeError(f"shard {shard}: sample {row['key']} was never staged")
+    data = tar_archive(fragments)
     index = {"shard": shard, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-             "samples": [info for info, _ in samples], "failed": failed}
-    _atomic_write(index_path(out_dir, shard), json.dumps(index, sort_keys=True, indent=1).encode())
-    _atomic_write(shard_path(out_dir, shard), data)
-    return {"shard": np.asarray([shard]), "index": np.asarray([json.dumps(index)], dtype=object)}
+             "samples": samples, "failed": failed}
+    atomic_write(index_path(out_dir, shard), json.dumps(index, sort_keys=True, indent=1).encode())
+    atomic_write(shard_path(out_dir, shard), data)
+    shutil.rmtree(d, ignore_errors=True)
+    return index
+
+
+def stage_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
+    """Ray Data task: stage each packed sample; pass on only the keys (nothing heavy reaches the driver)."""
+    for key, shard, sample, error in zip(batch["key"], batch["shard"], batch["sample"], batch["error"]):
+        stage_sample(out_dir, str(shard), str(key), bytes(sample), str(error))
+    return {"key": np.asarray(batch["key"]), "error": np.asarray(batch["error"], dtype=object)}
+
+
+def assemble_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
+    """Ray Data task: assemble the shards of a batch of ``{"shard", "rows_json"}`` rows."""
+    sizes = [assemble_shard(out_dir, str(s), json.loads(r))["bytes"] for s, r in zip(batch["shard"], batch["rows_json"])]
+    return {"shard": np.asarray(batch["shard"]), "bytes": np.asarray(sizes, dtype=np.int64)}
