@@ -19,6 +19,15 @@ def _synth(args: argparse.Namespace) -> int:
 
     ids = generate_clips(args.out, args.clips, seed=args.seed, duration_s=args.duration, workers=args.workers)
     print(f"wrote {len(ids)} clips to {args.out}")
+    if args.faults:
+        from gaia2.synth.faults import make_bad_clips
+        from gaia2.synth.generate import generate_clip
+
+        bad = make_bad_clips(args.out, args.out, generate_clip(args.clips, args.seed, duration_s=0.4))
+        width = max(map(len, bad))
+        print(f"wrote {len(bad)} broken clips beside them (clip id -> the reject reason expected):")
+        for clip_id, reason in sorted(bad.items()):
+            print(f"  {clip_id:<{width}}  {reason}")
     return 0
 
 
@@ -62,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--duration", type=float, default=4.0, help="seconds per clip")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--faults", action="store_true",
+                   help="also write one broken clip per kind of bad input (unreadable, truncated, ...)")
     s.set_defaults(fn=_synth)
 
     sh = sub.add_parser("shards", help="shard pipeline").add_subparsers(dest="shards_command", required=True)

@@ -15,7 +15,7 @@ import pytest
 from gaia2.config.shards import load_shard_config
 from gaia2.curation.geofence import Geofences
 from gaia2.schema.errors import Reason
-from tests.bad_inputs import make_bad_clips
+from gaia2.synth.faults import make_bad_clips
 
 OVERRIDES = {"window": {"frames": 16, "hop": 8}, "image": {"height": 32, "width": 64},
              "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_boxes": 8}}

@@ -108,7 +108,7 @@ class Camera:
             raise ClipError(Reason.INVALID_RECORD, f"{where}: frame_rate, width and height must be positive")
         video = str(_require(d, "video", where))
         if base_dir is not None and "://" not in video and not os.path.isabs(video):
-            video = os.path.join(base_dir, video)
+            video = os.path.normpath(os.path.join(base_dir, video))
         return cls(name, rate, ts, width, height, intr, extr, dist, video)
 
     def to_dict(self, base_dir: str | None = None) -> dict[str, Any]:

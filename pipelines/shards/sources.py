@@ -61,7 +61,9 @@ def _manifest_refs(path: str) -> list[ClipRef]:
         row = {k: v for k, v in row.items() if v is not None}
         if isinstance(row.get("metadata"), dict):   # a struct column fills absent keys with null
             row["metadata"] = {k: v for k, v in row["metadata"].items() if v is not None}
-        refs.append(ClipRef(f"row{i:08d}", f"{path}#row={i}", base, json.dumps(row)))
+        # A broken row is still named by its own clip_id where it has one.
+        ref_id = row["clip_id"] if isinstance(row.get("clip_id"), str) and row["clip_id"] else f"row{i:08d}"
+        refs.append(ClipRef(ref_id, f"{path}#row={i}", base, json.dumps(row)))
     return refs
 
 

@@ -1,7 +1,7 @@
-"""A bad-input set: copies of good synthetic clips, each broken in one of the ways ingest must catch.
+"""A bad-input set: copies of a good clip, each broken in one of the ways ingest must catch.
 
-Returns {clip_id: expected reject reason}. Clip ids are rewritten so bad clips sit beside the good
-ones in one source directory.
+``gaia2 synth --faults`` writes them beside the good clips, so one build shows every reject reason;
+tests use them the same way. Clip ids are rewritten (``bad-<kind>``) so they sit beside the good ones.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ def _save(dst: str, record: dict) -> None:
 
 
 def make_bad_clips(src_root: str, dst_root: str, short_clip: tuple[dict, dict[str, bytes]]) -> dict[str, str]:
-    good = sorted(d for d in os.listdir(src_root) if os.path.isdir(os.path.join(src_root, d)))
+    """Copy the first clip of ``src_root`` into broken variants under ``dst_root``.
+
+    ``short_clip`` is a (record, videos) pair shorter than one window (``generate_clip`` with a small
+    duration). Returns {clip_id: the reject reason ingest must give it}.
+    """
+    good = sorted(d for d in os.listdir(src_root) if os.path.isdir(os.path.join(src_root, d))
+                  and not d.startswith("bad-"))
     src = good[0]
     expected: dict[str, str] = {}
 

@@ -1,0 +1,50 @@
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gaia2.config.shards import load_shard_config
+from gaia2.schema.clip import dumps
+from pipelines.shards.ingest import IngestClips
+from pipelines.shards.sources import SourceError, list_clips, read_record, write_manifest
+
+
+def test_manifest_source_yields_the_same_clips_and_windows(synth_clips, tmp_path):
+    manifest = str(tmp_path / "clips.parquet")
+    assert write_manifest(synth_clips, manifest) == len(os.listdir(synth_clips))
+    from_dir, from_manifest = list_clips(synth_clips), list_clips(manifest)
+    assert len(from_dir) == len(from_manifest)
+    for a, b in zip(from_dir, from_manifest):
+        ca, cb = read_record(a), read_record(b)
+        assert dumps(ca.to_dict()) == dumps(cb.to_dict())   # same record, video paths resolved alike
+    ingest = IngestClips(load_shard_config("tiny", overrides={"window": {"frames": 16, "hop": 8}}).model_dump_json())
+    keys_dir = [r["key"] for ref in from_dir[:2] for r in ingest.ingest(ref)]
+    keys_manifest = [r["key"] for ref in from_manifest[:2] for r in ingest.ingest(ref)]
+    assert keys_dir == keys_manifest and keys_dir
+
+
+def test_bad_manifest_rows_become_rejects(synth_clips, tmp_path):
+    manifest = str(tmp_path / "clips.parquet")
+    write_manifest(synth_clips, manifest)
+    rows = pq.read_table(manifest).to_pylist()[:2]
+    rows[1]["ego"] = None                     # a row missing its ego record
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    ingest = IngestClips(load_shard_config("tiny", overrides={"window": {"frames": 16, "hop": 8}}).model_dump_json())
+    out = [ingest.ingest(ref) for ref in list_clips(manifest)]
+    assert out[0][0]["kind"] == "window"
+    assert len(out[1]) == 1 and out[1][0]["kind"] == "reject"
+    assert out[1][0]["clip_id"] == rows[1]["clip_id"]   # named by its record, even when it is broken
+    assert out[1][0]["reason"] == "invalid_record" and "ego" in out[1][0]["detail"]
+    assert out[1][0]["location"].endswith("#row=1")
+
+
+def test_unusable_sources_are_refused(tmp_path):
+    with pytest.raises(SourceError, match="not a clip directory"):
+        list_clips(str(tmp_path / "nope"))
+    with pytest.raises(SourceError, match="no clip directories"):
+        list_clips(str(tmp_path))
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SourceError, match="cannot read"):
+        list_clips(str(tmp_path / "broken.parquet"))
