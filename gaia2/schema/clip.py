@@ -257,7 +257,7 @@ class Clip:
         meta = d.get("metadata") or {}
         if not isinstance(meta, Mapping):
             raise ClipError(Reason.INVALID_RECORD, "metadata: must be an object")
-        meta = {k: (None if v is None else v) for k, v in meta.items()}
+        meta = {k: v for k, v in meta.items() if v is not None}   # absent and null both mean unknown
         try:
             meta_ids = encode_metadata(meta)
         except VocabularyError as err:
