@@ -20,7 +20,7 @@ def main(args: argparse.Namespace) -> int:
     clips = os.path.join(work, "clips")
     if not os.path.isdir(clips) or len(os.listdir(clips)) < args.clips:
         print(f"[quickstart] generating {args.clips} synthetic clips in {clips}")
-        generate_clips(clips, args.clips, seed=args.seed)
+        generate_clips(clips, args.clips, seed=args.seed, workers=None)
     clip_path = os.environ.get("GAIA2_CLIP_PATH")
     if not clip_path:
         clip_path = os.path.join(work, "models", "clip-random")

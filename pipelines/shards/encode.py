@@ -50,12 +50,12 @@ class PackSamples:
         cameras = json.loads(row["cameras_json"])
         timestamps = np.asarray(row["timestamps"], dtype=np.float64)
         key = row["key"]
-        files = [(f"{key}.json", dumps(self.sample_json(row, clip, cameras, timestamps)).encode())]
-        files += [(f"{key}.{cam.name}.mp4", bytes(video)) for cam, video in zip(clip.cameras, row["videos"])]
-        files.append((f"{key}.boxes.npy", npy_bytes(np.asarray(row["boxes"], dtype=np.float32))))
-        files.append((f"{key}.boxes_valid.npy", npy_bytes(np.asarray(row["boxes_valid"], dtype=bool))))
-        files.append((f"{key}.clip.npy", npy_bytes(np.asarray(row["clip"], dtype=np.float32))))
-        return tar_members(files)
+        head = tar_members([(f"{key}.json", dumps(self.sample_json(row, clip, cameras, timestamps)).encode())])
+        tail = tar_members([
+            (f"{key}.boxes.npy", npy_bytes(np.asarray(row["boxes"], dtype=np.float32))),
+            (f"{key}.boxes_valid.npy", npy_bytes(np.asarray(row["boxes_valid"], dtype=bool))),
+            (f"{key}.clip.npy", npy_bytes(np.asarray(row["clip"], dtype=np.float32)))])
+        return head + bytes(row["videos"]) + tail   # tar member runs concatenate
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -76,7 +76,8 @@ class PackSamples:
 
 
 class EncodeVideos:
-    """Callable Ray Data stage: ``frames`` (N, T, H, W, 3) -> ``videos`` (one MP4 per camera).
+    """Callable Ray Data stage: ``frames`` (N, T, H, W, 3) -> ``videos``: the tar members
+    ``<key>.<camera>.mp4`` of the sample, as bytes (one column of one type, whatever the rig).
 
     ``frames`` is cut down to each camera's middle frame, (N, 1, H, W, 3): all the CLIP stage reads.
     """
@@ -87,19 +88,21 @@ class EncodeVideos:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         videos, middles, errors = [], [], list(batch["error"])
         for i in range(len(batch["key"])):
-            frames, encoded = batch["frames"][i], []
+            frames, encoded = batch["frames"][i], b""
             if not errors[i]:
                 try:
                     t = np.asarray(batch["timestamps"][i], dtype=np.float64)
                     fps = 1.0 / float(np.median(np.diff(t)))
-                    encoded = [encode_video(np.asarray(cam), fps, self.codec) for cam in frames]
+                    names = [c["name"] for c in json.loads(batch["cameras_json"][i])]
+                    encoded = tar_members([(f"{batch['key'][i]}.{name}.mp4", encode_video(np.asarray(cam), fps, self.codec))
+                                           for name, cam in zip(names, frames)])
                     frames = frames[:, frames.shape[1] // 2: frames.shape[1] // 2 + 1]
                 except Exception as err:   # becomes a reject row, not a crash
                     errors[i] = f"decode_failed: encoding: {type(err).__name__}: {err}"
             videos.append(encoded)
             middles.append(np.ascontiguousarray(frames))
         out = dict(batch)
-        out["videos"] = object_column(videos)
+        out["videos"] = np.asarray(videos, dtype=object)
         out["frames"] = object_column(middles)
         out["error"] = np.asarray(errors, dtype=object)
         return out
