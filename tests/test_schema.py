@@ -56,3 +56,19 @@ def test_gps_track_interpolates_window_ends():
     track = clip.gps.track(0.5, 1.0)
     assert track.shape == (2, 2)
     assert np.isclose(track[0, 1], 51.5 + 0.0001 * 0.5 / 2.0)
+
+
+def test_slice_keeps_what_a_window_needs():
+    d = clip_dict(n_frames=(40, 40))
+    d["boxes"] = {"timestamps": [0.0, 0.5, 1.0, 1.5], "frame_index": [0, 1, 2, 3, 3],
+                  "center": [[5, 0, 1]] * 5, "size": [[4, 2, 1.5]] * 5, "yaw": [0.0, 0.1, 0.2, 0.3, 0.4],
+                  "category": ["car", "car", "van", "bus", "pedestrian"]}
+    clip = Clip.from_dict(d, base_dir="/x")
+    part = clip.slice(1.2, 1.4, margin=0.1)
+    assert part.cameras == clip.cameras
+    assert part.ego.timestamps[0] <= 1.1 and part.ego.timestamps[-1] >= 1.5 and len(part.ego.timestamps) < len(clip.ego.timestamps)
+    for t in (1.2, 1.3, 1.4):   # interpolation inside the window is unchanged
+        assert np.interp(t, part.ego.timestamps, part.ego.speed) == np.interp(t, clip.ego.timestamps, clip.ego.speed)
+        assert np.array_equal(part.boxes.at(t), clip.boxes.at(t))
+    assert part.boxes.timestamps.tolist() == [1.0, 1.5]
+    assert Clip.from_dict(part.to_dict(), base_dir="/x").boxes.category.tolist() == part.boxes.category.tolist()

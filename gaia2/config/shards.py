@@ -107,7 +107,7 @@ class ResourcesConfig(StrictModel):
     """
     ingest_cpus: float = Field(0.5, gt=0)
     window_cpus: float = Field(0.75, gt=0)
-    window_batch_size: int = Field(2, ge=1, description="windows per decode/encode task")
+    window_batch_size: int = Field(8, ge=1, description="windows per decode/encode task")
     pack_cpus: float = Field(0.25, gt=0)
     reserve_per_operator: bool = Field(
         False, description="Ray Data's per-operator resource reservation; off on small machines, where it "

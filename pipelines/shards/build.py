@@ -42,7 +42,8 @@ from pipelines.shards.encode import encode_batch, pack_batch
 from pipelines.shards.ingest import ingest_batch
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
-from pipelines.shards.write import STAGING, assemble_batch, index_path, is_staged, read_index, shard_path, stage_batch
+from pipelines.shards.write import (STAGING, assemble_shard, index_path, is_staged, read_index, shard_path,
+                                    stage_batch)
 
 BUILD_FILE = "build.json"
 
@@ -145,17 +146,14 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
 
 
 def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str) -> None:
-    """Assemble each shard from its staged samples (one Ray task per shard)."""
-    if not shards:
-        return
+    """Assemble each shard from its staged samples, one Ray task per shard."""
     fields = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")
     rows: dict[str, list[dict]] = {s: [] for s in shards}
     for r in plan.selected:
         if r["shard"] in rows:
             rows[r["shard"]].append({f: r[f] for f in fields})
-    items = [{"shard": s, "rows_json": json.dumps(rows[s])} for s in shards]
-    ray.data.from_items(items).map_batches(assemble_batch, fn_kwargs={"out_dir": out_dir}, batch_size=1,
-                                           num_cpus=cfg.resources.pack_cpus).take_all()
+    task = ray.remote(num_cpus=cfg.resources.pack_cpus)(assemble_shard)
+    ray.get([task.remote(out_dir, s, rows[s]) for s in shards])
 
 
 def _reject_row(clip_id: str, key: str, window: int, stage: str, reason: str, detail: str,

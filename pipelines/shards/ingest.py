@@ -57,11 +57,12 @@ class IngestClips:
         except ClipError as err:
             return [_row(kind="reject", clip_id=clip_id, reason=err.reason.value, detail=err.detail,
                          location=ref.location)]
-        clip_json = dumps(clip.to_dict())
         meta_json = json.dumps(clip.metadata, sort_keys=True)
+        # Each window carries its own slice of the record: later stages parse kilobytes, not the clip.
         return [_row(kind="window", key=window_key(clip.clip_id, w.index), clip_id=clip.clip_id,
                      drive_id=clip.drive_id, window=w.index, start_time=w.start_time, end_time=w.end_time,
-                     location=ref.location, clip_json=clip_json, metadata_json=meta_json,
+                     location=ref.location, clip_json=dumps(clip.slice(w.start_time, w.end_time).to_dict()),
+                     metadata_json=meta_json,
                      track_json=json.dumps(clip.gps.track(w.start_time, w.end_time).tolist()))
                 for w in windows]
 
