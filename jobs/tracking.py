@@ -11,9 +11,13 @@ from typing import Any, Iterator, Mapping
 
 from gaia2.config.base import flatten
 
+# Read once, before anything here calls mlflow.set_tracking_uri, which writes the variable back into
+# os.environ: reading it later would send a second job in the same process to the first one's store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
 
 def tracking_uri(workdir: str) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(workdir)}/mlflow.db"
+    return _USER_TRACKING_URI or f"sqlite:///{os.path.abspath(workdir)}/mlflow.db"
 
 
 @contextmanager
