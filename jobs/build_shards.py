@@ -78,6 +78,7 @@ def run(source: str, out: str, cfg: ShardBuildConfig, workdir: str):
         for split, stats in report["balance"].items():
             metrics[f"{split}.entropy_before"] = stats["entropy_before"]
             metrics[f"{split}.entropy_after"] = stats["entropy_after"]
+        metrics.update({f"timing.{k}": v for k, v in report["timings"].items()})
         metrics["seconds"] = result.seconds
         metrics["clips_per_s"] = report["accounting"]["clips_in"] / max(result.seconds, 1e-9)
         mlflow.log_metrics(metrics)
