@@ -6,9 +6,8 @@ can take ``FIVE_VIEWS`` from any rig: front, front_left, front_right, rear_left,
 image size, focal length, principal point and distortion; wide side cameras carry stronger
 barrel distortion, as fisheye-ish surround cameras do.
 
-Native images are 128 px wide (heights differ): on CPUs with AVX-512, libx264 output was seen to
-vary from run to run for other widths (its AVX-512 code reads past rows whose chroma width is not
-a multiple of 64), and these videos must be byte-reproducible. ``native_scale`` 2 or 3 keeps that.
+Native image sizes differ per rig (128x72, 144x80, 160x96 at scale 1). Videos stay byte-reproducible
+at any size because the encoder keeps x264 off its AVX-512 kernels (gaia2/video/encode.py).
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ _SEDAN = Rig("sedan6_30hz", 30.0, 128, 72, (
     _cam("rear", (-1.05, 0.00, 1.25), 180.0, 5.0, 0.1, 80.0, (-0.12, 0.025, 0.0002, 0.0001, 0.0), (0.4, 0.5), 0.0090),
 ))
 
-_VAN = Rig("van5_25hz", 25.0, 128, 80, (
+_VAN = Rig("van5_25hz", 25.0, 144, 80, (
     _cam("front", (2.20, 0.00, 2.35), 0.0, 6.0, -0.2, 60.0, (-0.03, 0.006, 0.0, 0.0002, 0.0), (-1.0, 1.1), 0.0020),
     _cam("front_left", (1.90, 1.05, 2.20), 72.0, 10.0, 0.6, 104.0, (-0.30, 0.090, 0.0007, -0.0004, -0.010), (0.8, -0.5), 0.0040),
     _cam("front_right", (1.90, -1.05, 2.20), -72.0, 10.0, -0.5, 104.0, (-0.29, 0.086, -0.0006, 0.0005, -0.009), (-0.7, 0.4), 0.0055),
@@ -132,7 +131,7 @@ _VAN = Rig("van5_25hz", 25.0, 128, 80, (
     _cam("rear_right", (-2.60, -1.10, 2.40), -145.0, 12.0, -0.2, 105.0, (-0.27, 0.068, -0.0003, -0.0004, -0.004), (-0.4, -0.6), 0.0085),
 ))
 
-_SUV = Rig("suv6_20hz", 20.0, 128, 96, (
+_SUV = Rig("suv6_20hz", 20.0, 160, 96, (
     _cam("front", (2.05, 0.05, 1.68), 0.0, 1.0, 0.0, 90.0, (-0.10, 0.018, -0.0003, 0.0004, 0.0), (0.6, 1.4), 0.0015),
     _cam("front_left", (1.95, 0.92, 1.60), 50.0, 5.0, 0.4, 95.0, (-0.20, 0.042, 0.0005, 0.0002, 0.0), (-1.1, -0.7), 0.0050),
     _cam("front_right", (1.95, -0.92, 1.60), -50.0, 5.0, -0.4, 95.0, (-0.20, 0.041, -0.0004, 0.0003, 0.0), (1.0, 0.8), 0.0080),
