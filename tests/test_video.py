@@ -7,7 +7,7 @@ import pytest
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
 from gaia2.video.decode import check_video, decode_frames, mp4_truncation
-from gaia2.video.encode import VideoCodec, encode_video
+from gaia2.video.encode import encode_video
 
 
 def _frames(t=10, h=48, w=64):

@@ -1,7 +1,7 @@
 """The shard build: clips -> balanced, geofenced WebDataset shards + manifest, rejects and report.
 
     ingest (tasks)  ->  plan (driver: split, stride, balance, shard names)
-    -> [decode -> detect -> encode videos] (one fused task; detect is an actor pool for a network)
+    -> decode -> detect -> encode videos (one task; for a detector network: task -> actor pool -> task)
     -> CLIP embed (actor pool) -> pack + stage each sample (tasks) -> assemble each shard (tasks)
 
 Output directory:
@@ -25,7 +25,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -36,12 +35,13 @@ from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
 from pipelines.shards.decode import decode_batch
-from pipelines.shards.detect import DetectAgents, detect_batch
+from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
 from pipelines.shards.encode import encode_batch, pack_batch
 from pipelines.shards.ingest import ingest_batch
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
+from pipelines.shards.window import window_batch
 from pipelines.shards.write import (STAGING, assemble_shard, index_path, is_staged, read_index, shard_path,
                                     stage_batch)
 
@@ -119,19 +119,17 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
-    # decode -> detect -> encode videos run as tasks of one shape, which Ray fuses into one task;
-    # a detector network is an actor pool instead (loaded once, on GPUs when asked).
     task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus}
     detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_boxes": det.max_boxes,
                    "score_threshold": det.score_threshold}
-    ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, **task)
-    if det.kind == "ground_truth":
-        ds = ds.map_batches(detect_batch, fn_kwargs=detect_args, **task)
-    else:
+    if det.kind == "ground_truth":   # no model: decode, annotate and encode in one function
+        ds = ds.map_batches(window_batch, fn_kwargs={"config_json": config_json, "detect_args": detect_args}, **task)
+    else:                            # the detector network is an actor pool (loaded once, GPUs if asked)
+        ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, **task)
         ds = ds.map_batches(DetectAgents, fn_constructor_kwargs=detect_args, batch_size=det.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=det.concurrency),
                             num_cpus=det.num_cpus, num_gpus=det.num_gpus)
-    ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, **task)
+        ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, **task)
     ds = ds.map_batches(
         EmbedClip, fn_constructor_kwargs={"path": emb.clip_path}, batch_size=emb.batch_size,
         compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus)
@@ -232,7 +230,7 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
     report = make_report(refs, windows, clip_rejects, plan, manifest, rejects, out_dir)
     _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest, MANIFEST_SCHEMA)
     _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects, REJECTS_SCHEMA)
-    report["plots"] = write_report_plots(_plot_stats(report, windows, plan, geofences),
+    report["plots"] = write_report_plots(_plot_stats(report, plan, geofences),
                                          os.path.join(out_dir, "plots"))
     lap("report_s")
     report["timings"] = timings
@@ -245,7 +243,8 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
     return BuildResult(out_dir, report, fp, report["seconds"])
 
 
-def make_report(refs, windows, clip_rejects, plan: Plan, manifest, rejects, out_dir) -> dict:
+def make_report(refs: list[ClipRef], windows: list[dict], clip_rejects: list[dict], plan: Plan,
+                manifest: list[dict], rejects: list[dict], out_dir: str) -> dict:
     """Counts that must reconcile, and the selection statistics."""
     n_failed = sum(1 for r in rejects if r["stage"] == "decode")
     accounting = {
@@ -276,7 +275,7 @@ def make_report(refs, windows, clip_rejects, plan: Plan, manifest, rejects, out_
     }
 
 
-def _plot_stats(report: dict, windows: list[dict], plan: Plan, geofences: Geofences) -> dict:
+def _plot_stats(report: dict, plan: Plan, geofences: Geofences) -> dict:
     train = report["balance"].get("train", {})
     return {
         "cells_before": train.get("cells_before", {}), "cells_after": train.get("cells_after", {}),

@@ -90,9 +90,3 @@ class DetectAgents:
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
-
-def detect_batch(batch: dict[str, np.ndarray], kind: str, checkpoint: str | None, max_boxes: int,
-                 score_threshold: float) -> dict[str, np.ndarray]:
-    """Task form of the stage, for detectors with no model to load (ground truth): Ray fuses it
-    with the decode and encode tasks around it, so frames stay in one process."""
-    return DetectAgents(kind, checkpoint, max_boxes, score_threshold)(batch)

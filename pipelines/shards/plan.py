@@ -7,7 +7,6 @@ the plan (to be written) or the not-selected list (with its reason).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +78,3 @@ def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences) 
             r["shard"] = f"{split}/shard-{i // per_shard:06d}"
     return Plan(selected, sorted(not_selected, key=lambda r: r["key"]), stats, per_shard)
 
-
-def shard_count(n: int, per_shard: int) -> int:
-    return math.ceil(n / per_shard) if n else 0
