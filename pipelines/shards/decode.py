@@ -73,6 +73,7 @@ class DecodeWindows:
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
+
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not
 # torch or transformers, which the actor stages need): a fresh worker starts in well under a second.
 def decode_batch(batch: dict[str, np.ndarray], config_json: str) -> dict[str, np.ndarray]:

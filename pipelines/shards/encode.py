@@ -107,6 +107,7 @@ class EncodeVideos:
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
+
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not
 # torch or transformers, which the actor stages need): a fresh worker starts in well under a second.
 def encode_batch(batch: dict[str, np.ndarray], config_json: str) -> dict[str, np.ndarray]:

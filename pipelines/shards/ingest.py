@@ -76,6 +76,7 @@ class IngestClips:
         return {c: np.asarray([r[c] for r in rows], dtype=object if c not in ("window", "start_time", "end_time")
                               else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
 
+
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not
 # torch or transformers, which the actor stages need): a fresh worker starts in well under a second.
 def ingest_batch(batch: dict[str, np.ndarray], config_json: str) -> dict[str, np.ndarray]:
