@@ -45,17 +45,16 @@ def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences) 
         track = np.asarray(json.loads(row["track_json"]), dtype=np.float64)
         row["split"] = "val" if geofences.touches(track) else "train"
     selected, not_selected, stats = [], [], {}
+    # The stride holds per drive across both splits, so no two selected windows of a drive overlap
+    # in time, whichever split each landed in.
+    keep = select_by_stride([r["drive_id"] for r in rows], np.asarray([r["start_time"] for r in rows]),
+                            [r["key"] for r in rows], cfg.balance.min_stride_s)
+    for r, k in zip(rows, keep):
+        if not k:
+            not_selected.append({**r, "reason": Reason.NOT_SELECTED_STRIDE.value,
+                                 "detail": f"within {cfg.balance.min_stride_s} s of a kept window of drive {r['drive_id']}"})
     for split in SPLITS:
-        part = [r for r in rows if r["split"] == split]
-        if not part:
-            continue
-        keep = select_by_stride([r["drive_id"] for r in part], np.asarray([r["start_time"] for r in part]),
-                                [r["key"] for r in part], cfg.balance.min_stride_s)
-        for r, k in zip(part, keep):
-            if not k:
-                not_selected.append({**r, "reason": Reason.NOT_SELECTED_STRIDE.value,
-                                     "detail": f"within {cfg.balance.min_stride_s} s of a kept window of drive {r['drive_id']}"})
-        kept = [r for r, k in zip(part, keep) if k]
+        kept = [r for r, k in zip(rows, keep) if k and r["split"] == split]
         if split in cfg.balance.splits and kept:
             result = balance([r["cell"] for r in kept], [r["key"] for r in kept], cfg.balance.temperature,
                              cfg.balance.repeat_cap, cfg.seed)
