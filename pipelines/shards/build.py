@@ -42,8 +42,8 @@ from pipelines.shards.ingest import ingest_batch
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
 from pipelines.shards.window import window_batch
-from pipelines.shards.write import (STAGING, assemble_shard, index_path, is_staged, read_index, shard_path,
-                                    stage_batch)
+from pipelines.shards.write import (SAMPLE_FIELDS, STAGING, assemble_shard, index_path, is_staged, read_index,
+                                    shard_path, stage_batch)
 
 BUILD_FILE = "build.json"
 
@@ -113,9 +113,19 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     """Decode, annotate, encode and stage every window in ``todo``."""
     if not todo:
         return
+    # Per-operator reservation starves the heavy window stage on small machines (ResourcesConfig).
+    ctx = ray.data.DataContext.get_current()
+    reservation = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = cfg.resources.reserve_per_operator
+    try:
+        _run_samples(todo, cfg, out_dir)
+    finally:
+        ctx.op_resource_reservation_enabled = reservation
+
+
+def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     config_json = cfg.model_dump_json()
     det, emb, res = cfg.detection, cfg.embedding, cfg.resources
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = res.reserve_per_operator
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
@@ -145,11 +155,10 @@ def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
 
 def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str) -> None:
     """Assemble each shard from its staged samples, one Ray task per shard."""
-    fields = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")
     rows: dict[str, list[dict]] = {s: [] for s in shards}
     for r in plan.selected:
         if r["shard"] in rows:
-            rows[r["shard"]].append({f: r[f] for f in fields})
+            rows[r["shard"]].append({f: r[f] for f in SAMPLE_FIELDS})
     task = ray.remote(num_cpus=cfg.resources.pack_cpus)(assemble_shard)
     ray.get([task.remote(out_dir, s, rows[s]) for s in shards])
 

@@ -23,6 +23,8 @@ import numpy as np
 from gaia2.schema.sample import tar_archive
 
 STAGING = "_staging"
+# What a shard's index (and the manifest) records of each sample.
+SAMPLE_FIELDS = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")
 _PART, _FAILED = ".tarpart", ".failed.json"
 
 
@@ -85,7 +87,7 @@ def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
     d = staging_dir(out_dir, shard)
     fragments, samples, failed = [], [], []
     for row in sorted(rows, key=lambda r: r["key"]):
-        info = {k: row[k] for k in ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight")}
+        info = {k: row[k] for k in SAMPLE_FIELDS}
         part, fail = os.path.join(d, row["key"] + _PART), os.path.join(d, row["key"] + _FAILED)
         if os.path.exists(part):
             with open(part, "rb") as f:
