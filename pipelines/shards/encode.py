@@ -1,8 +1,8 @@
-"""Stages 4 and 6: encode a window's videos, then pack the window into its WebDataset sample.
+"""Encoding a window's videos, and packing the window into its WebDataset sample.
 
-Videos are encoded right after decoding and detection (Ray fuses those task stages into one task),
-so full-resolution frames never cross a process boundary unless a detector network needs them.
-Only each camera's middle frame travels on, to the CLIP stage.
+Videos are encoded in the task that decoded the frames (``pipelines/shards/window.py``), so
+full-resolution frames never cross a process boundary unless a detector network needs them. Only
+each camera's middle frame travels on, to the CLIP stage; packing comes after it.
 """
 
 from __future__ import annotations
