@@ -5,6 +5,7 @@
     gaia2 shards manifest --source DIR --out FILE  a clip directory as a Parquet manifest
     gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data
+    gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def _shards_verify(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _describe_tokenizer(args: argparse.Namespace) -> int:
+    import json
+
+    from gaia2.config.base import ConfigError
+    from gaia2.tokenizer.model import describe
+
+    try:
+        print(json.dumps(describe(args.preset), indent=1))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from jobs.quickstart import main as quickstart
 
@@ -88,6 +103,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="the build's output directory")
     v.add_argument("--source", help="the build's source, to check every input clip is accounted for")
     v.set_defaults(fn=_shards_verify)
+
+    d = sub.add_parser("describe", help="describe a model preset").add_subparsers(dest="model", required=True)
+    t = d.add_parser("tokenizer", help="video tokenizer: parameter counts, input/latent shapes, compression")
+    t.add_argument("--preset", default="paper")
+    t.set_defaults(fn=_describe_tokenizer)
 
     q = sub.add_parser("quickstart", help="run the local pipeline end to end on synthetic data")
     q.add_argument("--workdir", default="gaia2-quickstart")

@@ -40,3 +40,12 @@ def test_help_lists_the_commands(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "synth" in out and "shards" in out and "quickstart" in out
+
+
+def test_describe_tokenizer_paper(capsys):
+    import json
+
+    assert main(["describe", "tokenizer", "--preset", "paper"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert abs(d["encoder_params"] / 85e6 - 1) < 0.1 and abs(d["decoder_params"] / 200e6 - 1) < 0.1
+    assert d["latent_shape"] == [3, 14, 30, 64] and d["compression"] == 384

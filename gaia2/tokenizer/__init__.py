@@ -1,0 +1,7 @@
+"""GAIA-2 video tokenizer (paper section 2.1): space-time factorised transformer autoencoder with
+Gaussian latents; 8 frames -> 1 latent, 32x spatial down-sampling in the ``paper`` preset."""
+
+from gaia2.tokenizer.config import TokenizerConfig, paper, tiny, tokenizer_config
+from gaia2.tokenizer.model import Tokenizer, describe, rolling_windows
+
+__all__ = ["Tokenizer", "TokenizerConfig", "describe", "paper", "rolling_windows", "tiny", "tokenizer_config"]
