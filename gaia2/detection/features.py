@@ -28,8 +28,9 @@ import numpy as np
 from gaia2.camera.model import CameraModel, box_corners
 from gaia2.detection.base import BOX_DIM, Boxes3D, DetectionError
 from gaia2.schema.metadata import AGENT_CATEGORIES
+from gaia2.schema.sample import AGENT_FEATURES
 
-FEATURE_DIM = 13
+FEATURE_DIM = AGENT_FEATURES   # the contract's layout, defined once in gaia2/schema/sample.py
 NEAR = 0.1   # metres; the same default as CameraModel.project
 
 # box_corners orders corner k by sign bits (x, y, z) = (k >> 2, k >> 1, k) & 1: an edge joins two

@@ -21,6 +21,7 @@ import numpy as np
 
 AGENT_FEATURES = 13
 AGENT_FEATURE_NAMES = ("x1", "y1", "x2", "y2", "cx", "cy", "cz", "l", "w", "h", "sin_yaw", "cos_yaw", "category")
+assert len(AGENT_FEATURE_NAMES) == AGENT_FEATURES
 SAMPLE_VERSION = 1
 _RECORD = tarfile.RECORDSIZE   # tarfile pads archives to a multiple of this
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 
 import numpy as np
@@ -101,10 +100,3 @@ def decode_frames(uri: str, name: str, indices: np.ndarray, scaled_wh: tuple[int
     (x0, y0), (w, h) = crop_xy, out_wh
     return np.ascontiguousarray(frames[inverse, y0:y0 + h, x0:x0 + w])
 
-
-def exists(uri: str) -> bool:
-    if "://" in uri and not uri.startswith("file://"):
-        import pyarrow.fs as pafs
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
-    return os.path.exists(uri.removeprefix("file://"))
