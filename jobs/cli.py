@@ -4,6 +4,8 @@
     gaia2 shards build --source PATH --out DIR     balanced, geofenced WebDataset shards
     gaia2 shards manifest --source DIR --out FILE  a clip directory as a Parquet manifest
     gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
+    gaia2 train tokenizer --shards DIR [--preset tiny]             train the video tokenizer (Ray Train)
+    gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
 """
@@ -56,6 +58,18 @@ def _shards_verify(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    from jobs.train_tokenizer import execute
+
+    return execute(args)
+
+
+def _encode_latents(args: argparse.Namespace) -> int:
+    from jobs.encode_latents import execute
+
+    return execute(args)
+
+
 def _describe_tokenizer(args: argparse.Namespace) -> int:
     import json
 
@@ -103,6 +117,17 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="the build's output directory")
     v.add_argument("--source", help="the build's source, to check every input clip is accounted for")
     v.set_defaults(fn=_shards_verify)
+
+    tr = sub.add_parser("train", help="training jobs (Ray Train)").add_subparsers(dest="model", required=True)
+    tt = tr.add_parser("tokenizer", help="train the video tokenizer on shards, export and register its EMA weights")
+    from jobs.train_tokenizer import add_arguments as add_train_arguments
+    add_train_arguments(tt)
+    tt.set_defaults(fn=_train_tokenizer)
+
+    e = sub.add_parser("encode-latents", help="encode a shard build's videos into latent shards with a tokenizer")
+    from jobs.encode_latents import add_arguments as add_latent_arguments
+    add_latent_arguments(e)
+    e.set_defaults(fn=_encode_latents)
 
     d = sub.add_parser("describe", help="describe a model preset").add_subparsers(dest="model", required=True)
     t = d.add_parser("tokenizer", help="video tokenizer: parameter counts, input/latent shapes, compression")

@@ -49,3 +49,30 @@ def log_config(config: Mapping[str, Any]) -> None:
 
     params = {k: (str(v) if not isinstance(v, (int, float, str, bool)) else v) for k, v in flatten(config).items()}
     mlflow.log_params(params)
+
+
+class RunLogger:
+    """Logs into an existing run from any process (e.g. rank 0 of a Ray Train worker group) without
+    touching the run's state: the driver owns start and end, so a worker restart never ends the run."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def tags(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            self.client.set_tag(self.run_id, k, str(v))

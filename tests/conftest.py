@@ -39,3 +39,18 @@ def synth_clips(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("clips")
     generate_clips(str(out), 9, seed=7, duration_s=3.0, workers=2)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_shards(ray_session, synth_clips, clip_model, tmp_path_factory) -> str:
+    """Shards cut for the tiny tokenizer: 24-frame windows at 32 x 64 (its input size), train and val splits."""
+    from gaia2.config.shards import load_shard_config
+    from pipelines.shards.build import build_shards
+
+    cfg = load_shard_config("tiny", overrides={
+        "window": {"frames": 24, "hop": 8}, "image": {"height": 32, "width": 64},
+        "balance": {"min_stride_s": 0.3}, "shards": {"target_mb": 0.5}, "detection": {"max_boxes": 4},
+        "embedding": {"clip_path": clip_model}})
+    out = str(tmp_path_factory.mktemp("tokenizer") / "shards")
+    build_shards(synth_clips, out, cfg)
+    return out

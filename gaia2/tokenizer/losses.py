@@ -40,6 +40,8 @@ class LossWeights(StrictModel):
     dino_path: str | None = Field(None, description="local DINOv2 directory (save_pretrained layout); "
                                                     "the paper uses DINOv2-Large")
     lpips_net: LpipsNet = Field("alex", description="LPIPS backbone; its torchvision weights must be cached")
+    lpips_torch_home: str | None = Field(None, description="torch home whose hub/checkpoints holds the LPIPS "
+                                                           "backbone; null = torch's default ($TORCH_HOME)")
 
     @model_validator(mode="after")
     def _check(self) -> "LossWeights":
@@ -66,9 +68,10 @@ def _frames(video: Tensor, name: str) -> Tensor:
     return rearrange(video, "b c t h w -> (b t) c h w")
 
 
-def lpips_backbone_cache_path(net: LpipsNet) -> Path:
+def lpips_backbone_cache_path(net: LpipsNet, torch_home: str | None = None) -> Path:
     """Where torchvision's hub loader looks for LPIPS's ImageNet backbone:
-    ``torch.hub.get_dir()/checkpoints/<file name of the weights' URL>`` (``$TORCH_HOME/hub/...``).
+    ``<hub dir>/checkpoints/<file name of the weights' URL>``; the hub dir is ``<torch_home>/hub`` when
+    ``torch_home`` is given, else ``torch.hub.get_dir()`` (``$TORCH_HOME/hub``).
 
     lpips builds ``torchvision.models.<net>(pretrained=True)``, which torchvision maps to the
     ``IMAGENET1K_V1`` weights of alexnet, vgg16 or squeezenet1_1.
@@ -79,7 +82,8 @@ def lpips_backbone_cache_path(net: LpipsNet) -> Path:
     if net not in weights:
         raise ValueError(f"lpips_net: unknown net {net!r}; choose one of {sorted(weights)}")
     url = weights[net].IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    hub = Path(torch_home) / "hub" if torch_home else Path(torch.hub.get_dir())
+    return hub / "checkpoints" / os.path.basename(url)
 
 
 class _Frozen(nn.Module):
@@ -100,19 +104,27 @@ class LPIPSLoss(_Frozen):
     ``FileNotFoundError`` naming the expected path before lpips could try to download it.
     """
 
-    def __init__(self, net: LpipsNet = "alex") -> None:
+    def __init__(self, net: LpipsNet = "alex", torch_home: str | None = None) -> None:
         super().__init__()
         import lpips
 
-        path = lpips_backbone_cache_path(net)
+        path = lpips_backbone_cache_path(net, torch_home)
         if not path.is_file():
             raise FileNotFoundError(
                 f"lpips_net={net!r}: torchvision backbone weights not cached at {path}; put the file there "
-                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) - nothing is downloaded")
-        with warnings.catch_warnings():
-            # torchvision's "pretrained is deprecated" warning comes from inside lpips.
-            warnings.simplefilter("ignore", UserWarning)
-            self.frozen = lpips.LPIPS(net=net, pretrained=True, verbose=False)
+                f"(lpips_torch_home={torch_home!r}, TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) "
+                f"- nothing is downloaded")
+        # torchvision reads <hub dir>/checkpoints/<file>. set_dir is process-global and, once called,
+        # shadows $TORCH_HOME, so the previous override (normally None: "use $TORCH_HOME") is put back.
+        previous = torch.hub._hub_dir
+        torch.hub.set_dir(str(path.parent.parent))
+        try:
+            with warnings.catch_warnings():
+                # torchvision's "pretrained is deprecated" warning comes from inside lpips.
+                warnings.simplefilter("ignore", UserWarning)
+                self.frozen = lpips.LPIPS(net=net, pretrained=True, verbose=False)
+        finally:
+            torch.hub._hub_dir = previous
         self.frozen.requires_grad_(False)
         self.frozen.eval()
 
@@ -237,7 +249,7 @@ class TokenizerLoss(nn.Module):
         if not any(getattr(weights, n) > 0 for n in ("l1", "l2", "lpips", "dino", "kl")):
             raise ValueError("TokenizerLoss: every loss weight is 0")
         self.weights = weights
-        self.lpips = LPIPSLoss(weights.lpips_net) if weights.lpips > 0 else None
+        self.lpips = LPIPSLoss(weights.lpips_net, weights.lpips_torch_home) if weights.lpips > 0 else None
         # The validator guarantees dino_path is set when the dino weight is non-zero.
         self.dino = DinoDistillLoss(weights.dino_path, latent_dim) if weights.dino > 0 else None
 
@@ -246,6 +258,28 @@ class TokenizerLoss(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {f"dino.proj.{k}": v for k, v in self.dino.proj.state_dict().items()} if self.dino else {}
+
+    def _pixel_terms(self, video: Tensor, recon: Tensor) -> dict[str, Tensor]:
+        w = self.weights
+        parts: dict[str, Tensor] = {}
+        if w.l1 > 0:
+            parts["l1"] = F.l1_loss(recon, video)
+        if w.l2 > 0:
+            parts["l2"] = F.mse_loss(recon, video)
+        if self.lpips is not None:
+            parts["lpips"] = self.lpips(video, recon)
+        return parts
+
+    def reconstruction(self, video: Tensor, recon: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pixel-space terms only (L1, L2, LPIPS), as in the decoder's GAN fine-tune, where the
+        encoder is frozen and the latent terms (DINO, KL) have nothing to train -> (total, detached parts).
+
+        Returns a zero total (and no parts) when all three weights are 0."""
+        if video.shape != recon.shape:
+            raise ValueError(f"TokenizerLoss: video {tuple(video.shape)} and recon {tuple(recon.shape)} differ")
+        parts = self._pixel_terms(video, recon)
+        total = sum((getattr(self.weights, name) * value for name, value in parts.items()), recon.new_zeros(()))
+        return total, {name: value.detach() for name, value in parts.items()}
 
     def forward(self, video: Tensor, recon: Tensor, mean: Tensor, log_std: Tensor,
                 latents: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -260,13 +294,7 @@ class TokenizerLoss(nn.Module):
             raise ValueError(f"TokenizerLoss: mean {tuple(mean.shape)}, log_std {tuple(log_std.shape)} and "
                              f"latents {tuple(latents.shape)} must have one shape")
         w = self.weights
-        parts: dict[str, Tensor] = {}
-        if w.l1 > 0:
-            parts["l1"] = F.l1_loss(recon, video)
-        if w.l2 > 0:
-            parts["l2"] = F.mse_loss(recon, video)
-        if self.lpips is not None:
-            parts["lpips"] = self.lpips(video, recon)
+        parts = self._pixel_terms(video, recon)
         if self.dino is not None:
             parts["dino"] = self.dino(video, latents)
         if w.kl > 0:

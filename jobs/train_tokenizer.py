@@ -1,0 +1,222 @@
+"""Ray Train job: train the video tokenizer on shards (paper section 4), then export and register it.
+
+    python -m jobs.train_tokenizer --shards SHARDS [--preset tiny|paper] [--config FILE] [--name NAME]
+    gaia2 train tokenizer --shards SHARDS ...
+    ray job submit --working-dir . -- python -m jobs.train_tokenizer --preset paper --shards /mnt/shards ...
+
+A ``TorchTrainer`` with ``workers.num_workers`` workers is fed by Ray Data streaming from the shards
+(videos decoded on Data tasks). Checkpoints go to ``<storage>/<name>/``; a worker failure restarts the
+group from the last checkpoint (``workers.max_failures``), and running the job again under the same
+name resumes it, in the same MLflow run (experiment ``tokenizer``). At the end the EMA weights are
+exported (``<storage>/<name>/export/tokenizer``) and registered in MLflow as
+``gaia2-tokenizer-<preset>`` with the alias ``candidate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from gaia2.config.base import ConfigError
+from gaia2.tokenizer.train_config import TokenizerTrainConfig, check_pretrained, train_config
+
+EXPERIMENT = "tokenizer"
+RUN_FILE = "mlflow_run.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", help="shard build directory (overrides data.shards)")
+    p.add_argument("--preset", help="tiny (default, CPU) or paper")
+    p.add_argument("--config", help="YAML overrides on top of the preset (may name its own `preset:`)")
+    p.add_argument("--name", help="job name: checkpoints and resume key (default: tokenizer-<preset>)")
+    p.add_argument("--steps", type=int, help="main-stage steps (schedule.steps)")
+    p.add_argument("--gan-steps", type=int, help="decoder GAN fine-tune steps (gan.steps)")
+    p.add_argument("--batch-size", type=int, help="clips per worker and step (data.batch_size)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (workers.num_workers)")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (workers.use_gpu)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dino-path", help="local DINOv2 directory (loss.dino_path)")
+    p.add_argument("--lpips-torch-home", help="torch home holding the LPIPS backbone (loss.lpips_torch_home)")
+    p.add_argument("--storage", help="checkpoint storage (default: <workdir>/ray_results; a URI on a cluster)")
+    p.add_argument("--workdir", default=os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
+                   help="where the local MLflow database and artifacts live (default: ./gaia2-work)")
+    p.add_argument("--inject-failure-at", type=int, metavar="STEP",
+                   help="testing resume: crash rank 0 once at this step (after its checkpoint, if any)")
+
+
+def resolve_config(args: argparse.Namespace) -> TokenizerTrainConfig:
+    overrides: dict = {}
+    pairs = [(args.shards, ("data", "shards")), (args.steps, ("schedule", "steps")),
+             (args.gan_steps, ("gan", "steps")), (args.batch_size, ("data", "batch_size")),
+             (args.workers, ("workers", "num_workers")), (args.gpu, ("workers", "use_gpu")),
+             (args.seed, ("seed",)), (args.dino_path, ("loss", "dino_path")),
+             (args.lpips_torch_home, ("loss", "lpips_torch_home"))]
+    for value, path in pairs:
+        if value is not None:
+            node = overrides
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    return train_config(preset=args.preset, path=args.config, overrides=overrides)
+
+
+def preflight(cfg: TokenizerTrainConfig) -> dict:
+    """Everything checkable before Ray starts: pretrained files, the shards, window length vs clip length."""
+    from pipelines.tokenizer.train_data import DataError, split_summary
+
+    check_pretrained(cfg)
+    if not cfg.data.shards:
+        raise ConfigError("data.shards: required (pass --shards DIR, a `gaia2 shards build` output)")
+    if not os.path.isdir(cfg.data.shards):
+        raise ConfigError(f"data.shards: {cfg.data.shards!r} is not a directory")
+    try:
+        summary = {split: split_summary(cfg.data.shards, split) for split in ("train", "val")}
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    frames = summary["train"]["window_frames"]
+    if frames < cfg.model.frames:
+        raise ConfigError(f"model.frames: {cfg.model.frames} frames per clip, but the shards' windows have "
+                          f"only {frames} (build shards with window.frames >= {cfg.model.frames})")
+    if summary["train"]["samples"] * summary["train"]["cameras"] < cfg.data.batch_size * cfg.workers.num_workers:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} clips x {cfg.workers.num_workers} workers is "
+                          f"more than the train split's ~{summary['train']['samples'] * summary['train']['cameras']} clips")
+    return summary
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    export_dir: str
+    model_name: str
+    model_version: int
+    metrics: dict
+    checkpoint: str
+
+
+def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None = None,
+        fail_at_step: int | None = None) -> TrainOutcome:
+    import mlflow
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gaia2.tokenizer.export import save_tokenizer
+    from gaia2.tokenizer.model import Tokenizer
+    from jobs.runtime import init_ray
+    from jobs.tokenizer_loop import STATE_FILE, train_loop
+    from jobs.tokenizer_model import log_and_register
+    from jobs.tracking import log_config, mlflow_run, tracking_uri
+    from pipelines.tokenizer.train_data import clip_dataset, split_files
+
+    summary = preflight(cfg)
+    storage = os.path.abspath(storage or os.path.join(workdir, "ray_results"))
+    job_dir = os.path.join(storage, name)
+    os.makedirs(job_dir, exist_ok=True)
+    run_file = os.path.join(job_dir, RUN_FILE)
+    previous = None
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            previous = json.load(f).get("run_id")
+
+    init_ray()
+    d, m = cfg.data, cfg.model
+    datasets = {
+        "train": clip_dataset(split_files(d.shards, "train"), m.height, m.width, d.decode_cpus, d.decode_batch)
+        .select_columns(["frames"]),
+        "val": clip_dataset(split_files(d.shards, "val"), m.height, m.width, d.decode_cpus, d.decode_batch)
+        .select_columns(["frames"]).limit(d.val_clips),
+    }
+    with mlflow_run(EXPERIMENT, workdir, run_name=name, run_id=previous) as active:
+        run_id = active.info.run_id
+        with open(run_file, "w") as f:
+            json.dump({"run_id": run_id}, f)
+        if previous is None:
+            log_config(cfg.model_dump())
+            mlflow.log_params({"job_name": name, "storage": job_dir,
+                               "train_samples": summary["train"]["samples"],
+                               "val_samples": summary["val"]["samples"]})
+        w = cfg.workers
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri(workdir),
+                               "run_id": run_id, "fail_at_step": fail_at_step,
+                               "fail_marker": os.path.join(job_dir, "injected-failure.marker")},
+            scaling_config=ray.train.ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
+                                                   resources_per_worker={"CPU": w.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=storage,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=w.max_failures)),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split=["train"],
+                execution_options=ray.data.ExecutionOptions(preserve_order=True)),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training job {name!r} finished without a checkpoint")
+        with result.checkpoint.as_directory() as ckpt:
+            import torch
+
+            state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
+        model = Tokenizer(cfg.model)
+        model.load_state_dict(state["ema"]["model"])
+        export_dir = save_tokenizer(os.path.join(job_dir, "export", "tokenizer"), model,
+                                    extra={"step": int(state["step"]), "ema_decay": cfg.optim.ema_decay,
+                                           "mlflow_run_id": run_id})
+        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        model_name = f"gaia2-tokenizer-{cfg.preset}"
+        version = log_and_register(export_dir, model_name)
+        mlflow.set_tag("checkpoint", result.checkpoint.path)
+        return TrainOutcome(run_id, export_dir, model_name, version, metrics, result.checkpoint.path)
+
+
+def summary(outcome: TrainOutcome, workdir: str) -> str:
+    from jobs.tracking import tracking_uri
+
+    m = outcome.metrics
+    lines = [f"model:      {outcome.export_dir} (EMA weights)",
+             f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
+             f"checkpoint: {outcome.checkpoint}",
+             f"mlflow:     run {outcome.run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}"]
+    if "val_psnr" in m:
+        lines.insert(0, f"validation: PSNR {m['val_psnr']:.2f} dB (mean-colour baseline {m['val_baseline_psnr']:.2f} dB, "
+                        f"gain {m['val_gain_db']:.2f} dB), SSIM {m['val_ssim']:.3f}"
+                        + (f", LPIPS {m['val_lpips']:.3f}" if "val_lpips" in m else ""))
+    return "\n".join(lines)
+
+
+def execute(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve_config(args)
+        preflight(cfg)
+        name = args.name or f"tokenizer-{cfg.preset}"
+        outcome = run(cfg, name, args.workdir, args.storage, fail_at_step=args.inject_failure_at)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        import ray.train
+
+        if not isinstance(err, ray.train.TrainingFailedError):
+            raise
+        # The workers' tracebacks are already in the log above; checkpoints and the MLflow run are kept.
+        print(f"error: training failed: {str(err).splitlines()[0]}\nrun the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 1
+    print(summary(outcome, args.workdir))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train_tokenizer", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Tokenizer training data on Ray Data: WebDataset shards -> one uint8 clip per camera and window.
+
+Every camera of every sample becomes a training row (each camera stream is encoded independently,
+as in the paper; the paper draws one camera at random per sample, which over an epoch sees a sixth
+of the views this does). Videos are decoded by Ray Data tasks at the tokenizer's resolution, so the
+training loop only crops in time and converts to float. With ``preserve_order`` (set by the job's
+DataConfig) rows arrive in shard order, which together with a seeded local shuffle makes an epoch's
+batches reproducible, and so lets a resumed run replay its data position exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import ray
+
+from gaia2.tokenizer.clips import sample_videos
+
+
+class DataError(ValueError):
+    """Shards that cannot feed the tokenizer (missing split, windows too short)."""
+
+
+def split_files(shards: str, split: str) -> list[str]:
+    """The split's tar shards in name order; a missing or empty split is a ``DataError``."""
+    files = sorted(glob.glob(os.path.join(shards, split, "*.tar")))
+    if not files:
+        raise DataError(f"data.shards: no {split}/*.tar under {shards!r} (is it a `gaia2 shards build` output?)")
+    return files
+
+
+def split_summary(shards: str, split: str) -> dict:
+    """``{"samples", "cameras", "window_frames"}`` of ``split``: the sample count from the build's
+    manifest, camera count and window length from its first sample (all windows of a build have one length)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifest = os.path.join(shards, "manifest.parquet")
+    if not os.path.isfile(manifest):
+        raise DataError(f"data.shards: {shards!r} has no manifest.parquet (is it a `gaia2 shards build` output?)")
+    splits = pq.read_table(manifest, columns=["split"]).column("split")
+    samples = int(pc.sum(pc.equal(splits, split)).as_py() or 0)
+    first = _first_json(split_files(shards, split)[0])
+    return {"samples": samples, "cameras": len(first["cameras"]), "window_frames": len(first["timestamps"])}
+
+
+def _first_json(tar_path: str) -> dict:
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if member.name.endswith(".json"):
+                return json.loads(tar.extractfile(member).read())
+    raise DataError(f"{tar_path}: no .json member")
+
+
+def decode_clips(batch: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+    """WebDataset rows (``json`` bytes + ``<camera>.mp4`` bytes) -> one row per camera:
+    ``frames`` (T, H, W, 3) uint8, ``key``, ``camera``. A sample that fails to decode is an error that
+    names it: shards are checked when built (``gaia2 shards verify``), so this means corruption."""
+    frames, keys, cameras = [], [], []
+    columns = list(batch)
+    for i in range(len(batch["json"])):
+        row = {c: batch[c][i] for c in columns if isinstance(batch[c][i], (bytes, bytearray))}
+        row["json"] = json.loads(row["json"])
+        key = row["json"].get("key", batch["__key__"][i] if "__key__" in batch else "?")
+        try:
+            videos = sample_videos(row, (height, width))
+        except Exception as err:
+            url = batch["__url__"][i] if "__url__" in batch else "?"
+            raise DataError(f"sample {key!r} in {url}: {err}") from err
+        for name, clip in videos:
+            frames.append(clip)
+            keys.append(key)
+            cameras.append(name)
+    lengths = {f.shape[0] for f in frames}
+    if len(lengths) > 1:
+        raise DataError(f"samples {sorted(set(keys))} have windows of different lengths {sorted(lengths)}")
+    return {"frames": np.stack(frames) if frames else np.zeros((0, 0, height, width, 3), np.uint8),
+            "key": np.array(keys, dtype=object), "camera": np.array(cameras, dtype=object)}
+
+
+def clip_dataset(files: list[str], height: int, width: int, decode_cpus: float = 0.5,
+                 decode_batch: int = 4) -> ray.data.Dataset:
+    """Rows ``{frames (T, H, W, 3) uint8, key, camera}`` from ``files`` (read and decoded on Ray Data)."""
+    ds = ray.data.read_webdataset(files, suffixes=lambda name: name == "json" or name.endswith(".mp4"),
+                                  decoder=None, num_cpus=decode_cpus)
+    return ds.map_batches(decode_clips, fn_kwargs={"height": height, "width": width}, batch_size=decode_batch,
+                          batch_format="numpy", num_cpus=decode_cpus)
