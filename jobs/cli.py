@@ -6,7 +6,8 @@
     gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
     gaia2 train tokenizer --shards DIR [--preset tiny]             train the video tokenizer (Ray Train)
     gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
-    gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data
+    gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
+                                                   shards -> tokenizer training -> latent shards
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
 """
 
@@ -138,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--workdir", default="gaia2-quickstart")
     q.add_argument("--clips", type=int, default=24)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--tokenizer-steps", type=int, default=None,
+                   help="tokenizer main-stage steps (default: the tiny preset's 300)")
     q.set_defaults(fn=_quickstart)
     return p
 

@@ -48,10 +48,11 @@ def resolve_config(args: argparse.Namespace):
     return latent_config(**{k: v for k, v in given.items() if v is not None})
 
 
-def resolve_tokenizer(uri: str, workdir: str | None = None) -> str:
+def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) -> str:
     """A tokenizer reference -> a local directory to load it from: a local path, a ``file://`` URI, or an
     MLflow model URI (``models:/gaia2-tokenizer-tiny@candidate``, ``models:/NAME/VERSION``, ``runs:/ID/tokenizer``)
-    downloaded from the tracking store of ``workdir`` (or ``MLFLOW_TRACKING_URI``)."""
+    downloaded from the tracking store of ``workdir`` (or ``MLFLOW_TRACKING_URI``) into ``download_to``
+    (give a directory every node sees, e.g. under the output: the encoder actors load it from there)."""
     from pipelines.tokenizer.latents import LatentInputError
 
     scheme = urlparse(uri).scheme
@@ -61,9 +62,9 @@ def resolve_tokenizer(uri: str, workdir: str | None = None) -> str:
         from jobs.tokenizer_model import resolve_tokenizer_uri
         from jobs.tracking import tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri(workdir or "gaia2-work"))
+        mlflow.set_tracking_uri(tracking_uri(workdir))
         try:
-            return resolve_tokenizer_uri(uri)
+            return resolve_tokenizer_uri(uri, download_to)
         except mlflow.exceptions.MlflowException as err:
             raise LatentInputError(f"tokenizer {uri!r}: {str(err).splitlines()[0]}") from None
     if scheme not in ("", "file"):
@@ -144,7 +145,9 @@ def execute(args: argparse.Namespace) -> int:
 
     try:
         cfg = resolve_config(args)
-        result, run_id = run(args, cfg, resolve_tokenizer(args.tokenizer, args.workdir))
+        tokenizer = resolve_tokenizer(args.tokenizer, args.workdir,
+                                      download_to=os.path.join(os.path.abspath(args.out), "_tokenizer"))
+        result, run_id = run(args, cfg, tokenizer)
     except (ConfigError, LatentInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

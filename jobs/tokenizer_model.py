@@ -52,13 +52,14 @@ def log_and_register(export_dir: str, name: str) -> int:
     return version
 
 
-def resolve_tokenizer_uri(uri: str) -> str:
+def resolve_tokenizer_uri(uri: str, download_to: str | None = None) -> str:
     """A local ``save_tokenizer`` directory, or an MLflow ``models:/name/version`` / ``models:/name@alias``
-    / ``runs:/id/tokenizer`` URI (downloaded with the configured tracking URI) -> a local directory."""
+    / ``runs:/id/tokenizer`` URI (downloaded with the configured tracking URI, into ``download_to`` when
+    given, else a temporary directory) -> a local directory."""
     from urllib.parse import urlparse
 
     if urlparse(uri).scheme in ("", "file"):
         return uri.removeprefix("file://")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_to)
     inner = os.path.join(local, "artifacts", "tokenizer")
     return inner if os.path.isdir(inner) else local

@@ -76,3 +76,18 @@ class RunLogger:
     def tags(self, values: Mapping[str, Any]) -> None:
         for k, v in values.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+
+def find_run(experiment: str, workdir: str, tags: Mapping[str, str]) -> str | None:
+    """The most recent live run of ``experiment`` carrying all ``tags``, or None (how a restarted job
+    finds its run again without any local state)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(workdir))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None

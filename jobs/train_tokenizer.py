@@ -5,17 +5,17 @@
     ray job submit --working-dir . -- python -m jobs.train_tokenizer --preset paper --shards /mnt/shards ...
 
 A ``TorchTrainer`` with ``workers.num_workers`` workers is fed by Ray Data streaming from the shards
-(videos decoded on Data tasks). Checkpoints go to ``<storage>/<name>/``; a worker failure restarts the
-group from the last checkpoint (``workers.max_failures``), and running the job again under the same
-name resumes it, in the same MLflow run (experiment ``tokenizer``). At the end the EMA weights are
-exported (``<storage>/<name>/export/tokenizer``) and registered in MLflow as
+(videos decoded on Data tasks). Checkpoints go to ``<storage>/<name>/`` (a path or a URI); a worker
+failure restarts the group from the last checkpoint (``workers.max_failures``), and running the job
+again with the same name and storage resumes it, in the same MLflow run (experiment ``tokenizer``,
+found by its tags). At the end the EMA weights are exported
+(``<workdir>/tokenizer-jobs/<name>/export/tokenizer``) and registered in MLflow as
 ``gaia2-tokenizer-<preset>`` with the alias ``candidate``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -25,7 +25,6 @@ from gaia2.config.base import ConfigError
 from gaia2.tokenizer.train_config import TokenizerTrainConfig, check_pretrained, train_config
 
 EXPERIMENT = "tokenizer"
-RUN_FILE = "mlflow_run.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,18 +108,19 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
     from jobs.runtime import init_ray
     from jobs.tokenizer_loop import STATE_FILE, train_loop
     from jobs.tokenizer_model import log_and_register
-    from jobs.tracking import log_config, mlflow_run, tracking_uri
+    from jobs.tracking import find_run, log_config, mlflow_run, tracking_uri
     from pipelines.tokenizer.train_data import clip_dataset, split_files
 
     summary = preflight(cfg)
-    storage = os.path.abspath(storage or os.path.join(workdir, "ray_results"))
-    job_dir = os.path.join(storage, name)
-    os.makedirs(job_dir, exist_ok=True)
-    run_file = os.path.join(job_dir, RUN_FILE)
-    previous = None
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            previous = json.load(f).get("run_id")
+    # Checkpoints live in ``storage`` (a local path or a URI such as s3://bucket/ckpt, which Ray Train
+    # writes through pyarrow); the run's MLflow id is found again by tags, so resuming needs nothing
+    # from this machine's disk. Local outputs (the exported model) go under the workdir.
+    if "://" not in (storage or ""):
+        storage = os.path.abspath(storage or os.path.join(workdir, "ray_results"))
+    local_dir = os.path.join(os.path.abspath(workdir), "tokenizer-jobs", name)
+    os.makedirs(local_dir, exist_ok=True)
+    tags = {"gaia2.job_name": name, "gaia2.storage": storage}
+    previous = find_run(EXPERIMENT, workdir, tags)
 
     init_ray()
     d, m = cfg.data, cfg.model
@@ -132,11 +132,10 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
     }
     with mlflow_run(EXPERIMENT, workdir, run_name=name, run_id=previous) as active:
         run_id = active.info.run_id
-        with open(run_file, "w") as f:
-            json.dump({"run_id": run_id}, f)
         if previous is None:
+            mlflow.set_tags(tags)
             log_config(cfg.model_dump())
-            mlflow.log_params({"job_name": name, "storage": job_dir,
+            mlflow.log_params({"job_name": name, "storage": storage,
                                "train_samples": summary["train"]["samples"],
                                "val_samples": summary["val"]["samples"]})
         w = cfg.workers
@@ -144,7 +143,7 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
             train_loop,
             train_loop_config={"config": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri(workdir),
                                "run_id": run_id, "fail_at_step": fail_at_step,
-                               "fail_marker": os.path.join(job_dir, "injected-failure.marker")},
+                               "fail_marker": os.path.join(local_dir, "injected-failure.marker")},
             scaling_config=ray.train.ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
                                                    resources_per_worker={"CPU": w.cpus_per_worker}),
             run_config=ray.train.RunConfig(
@@ -165,7 +164,7 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
             state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
         model = Tokenizer(cfg.model)
         model.load_state_dict(state["ema"]["model"])
-        export_dir = save_tokenizer(os.path.join(job_dir, "export", "tokenizer"), model,
+        export_dir = save_tokenizer(os.path.join(local_dir, "export", "tokenizer"), model,
                                     extra={"step": int(state["step"]), "ema_decay": cfg.optim.ema_decay,
                                            "mlflow_run_id": run_id})
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}

@@ -219,7 +219,9 @@ def test_bad_inputs_fail_early_and_clearly(small_shards, tokenizer_dir, tmp_path
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()   # nothing started
 
     with pytest.raises(LatentInputError, match="not supported"):
-        resolve_tokenizer("models:/tokenizer/3")
-    assert resolve_tokenizer(f"file://{tokenizer_dir}") == tokenizer_dir
+        resolve_tokenizer("s3://bucket/tokenizer", str(tmp_path / "mlflow"))
+    with pytest.raises(LatentInputError, match="tokenizer 'models:/tokenizer/3': .*not found"):
+        resolve_tokenizer("models:/tokenizer/3", str(tmp_path / "mlflow"))
+    assert resolve_tokenizer(f"file://{tokenizer_dir}", str(tmp_path / "mlflow")) == tokenizer_dir
     with pytest.raises(ConfigError, match="mode"):
         latent_config(mode="median")

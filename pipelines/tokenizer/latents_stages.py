@@ -1,0 +1,214 @@
+"""The Ray Data stages of latent encoding: read -> decode -> encode (``EncodeLatents``) -> stage.
+
+The task functions live here, at module level, with torch imported only inside them: Ray workers
+import this module by reference and the read/pack tasks never load torch. Each sample is one encoder
+call (its N cameras are the batch), so its latents do not depend on which samples Ray Data grouped
+together, and the ``sample`` mode's noise comes from a generator seeded by (seed, key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+
+from gaia2.schema.errors import ClipError, Reason
+from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
+from pipelines.shards.common import object_column
+from pipelines.shards.write import is_staged, shard_path, stage_sample
+from pipelines.tokenizer.latents_config import read_samples
+
+LATENTS_MEMBER = "latents.npy"
+VIDEO_SUFFIX = ".mp4"
+
+
+def sample_seed(seed: int, key: str) -> int:
+    """The sample mode's noise seed for one sample: a hash of (seed, key), in [0, 2**63)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+
+def read_shard_batch(batch: dict[str, np.ndarray], shards_dir: str, out_dir: str,
+                     chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task: input shards (``shard``, ``keys_json``: the manifest's keys of it) -> one row per
+    sample not yet staged: ``members`` (its tar member bytes), in blocks of ``chunk`` samples.
+
+    A manifest key missing from the tar becomes a failed row; a tar key missing from the manifest, or
+    samples out of key order (the output is assembled in key order), is an inconsistent build and raises.
+    """
+    def rows(items: list[tuple[str, str, bytes, str]]) -> dict[str, np.ndarray]:
+        shard_, key_, members_, error_ = zip(*items)
+        return {"shard": np.asarray(shard_, dtype=object), "key": np.asarray(key_, dtype=object),
+                "members": np.asarray(members_, dtype=object), "error": np.asarray(error_, dtype=object)}
+
+    for shard, keys_json in zip(batch["shard"], batch["keys_json"]):
+        shard, expected = str(shard), set(json.loads(str(keys_json)))
+        pending: list[tuple[str, str, bytes, str]] = []
+        found: list[str] = []
+        for key, members in read_samples(shard_path(shards_dir, shard)):
+            if key not in expected:
+                raise ValueError(f"{shards_dir}/{shard}.tar: sample {key} is not in manifest.parquet; the shard "
+                                 f"directory is inconsistent (check it with `gaia2 shards verify`)")
+            if found and key < found[-1]:
+                raise ValueError(f"{shards_dir}/{shard}.tar: sample {key} comes after {found[-1]}; shards must "
+                                 f"hold their samples in key order")
+            found.append(key)
+            if not is_staged(out_dir, shard, key):
+                pending.append((shard, key, tar_members(members), ""))
+            if len(pending) >= chunk:
+                yield rows(pending)
+                pending = []
+        for key in sorted(expected - set(found)):
+            if not is_staged(out_dir, shard, key):
+                err = ClipError(Reason.INVALID_RECORD, f"sample {key} is in manifest.parquet but not in {shard}.tar")
+                pending.append((shard, key, b"", str(err)))
+        if pending:
+            yield rows(pending)
+
+
+def split_sample(key: str, fragment: bytes) -> tuple[dict, dict[str, bytes], bytes, bytes]:
+    """A sample's tar members -> (json, {camera: mp4 bytes}, head, tail): ``head`` and ``tail`` are the
+    other members, as tar member bytes, before and after the first video (where the latents go)."""
+    meta, videos, head, tail = None, {}, [], []
+    with tarfile.open(fileobj=io.BytesIO(tar_archive([fragment]))) as tar:
+        for info in tar:
+            data = tar.extractfile(info).read()
+            ext = info.name[len(key) + 1:]
+            if ext.endswith(VIDEO_SUFFIX):
+                videos[ext[: -len(VIDEO_SUFFIX)]] = data
+                continue
+            if ext == "json":
+                meta = json.loads(data)
+            (tail if videos else head).append((info.name, data))
+    if meta is None:
+        raise ClipError(Reason.INVALID_RECORD, f"sample {key}: no {key}.json member")
+    return meta, videos, tar_members(head), tar_members(tail)
+
+
+def decode_sample(key: str, fragment: bytes, height: int, width: int,
+                  window: int) -> tuple[np.ndarray, bytes, bytes]:
+    """A sample's tar members -> (frames (N, T, H, W, 3) uint8 in the json's camera order, head, tail).
+
+    Raises ``ClipError`` (its reason goes to rejects.parquet) for a sample that cannot be used.
+    """
+    from gaia2.tokenizer.clips import sample_videos
+
+    meta, videos, head, tail = split_sample(key, fragment)
+    row = {"json": meta, **{f"{cam}.mp4": data for cam, data in videos.items()}}
+    try:
+        cams = sample_videos(row, (height, width))
+    except KeyError as err:
+        raise ClipError(Reason.MISSING_CAMERA, str(err.args[0])) from None
+    counts = {name: len(frames) for name, frames in cams}
+    if set(counts.values()) != {window}:
+        raise ClipError(Reason.FRAME_COUNT_MISMATCH, f"sample {key}: frames per camera {counts}, expected {window}")
+    return np.stack([frames for _, frames in cams]), head, tail
+
+
+def decode_batch(batch: dict[str, np.ndarray], height: int, width: int, window: int) -> dict[str, np.ndarray]:
+    """Ray Data task: ``members`` -> ``frames`` (N, T, H, W, 3) uint8, ``head``, ``tail``; a sample that
+    fails gets its reason in ``error`` (and empty frames) and goes on to the rejects."""
+    errors = [str(e) for e in batch["error"]]
+    frames, heads, tails = [], [], []
+    for i, (key, fragment) in enumerate(zip(batch["key"], batch["members"])):
+        clip, head, tail = np.zeros((0, window, height, width, 3), np.uint8), b"", b""
+        if not errors[i]:
+            try:
+                clip, head, tail = decode_sample(str(key), bytes(fragment), height, width, window)
+            except ClipError as err:
+                errors[i] = str(err)
+            except Exception as err:   # any other per-sample failure is a reject row, not a crash
+                errors[i] = str(ClipError(Reason.DECODE_FAILED, f"sample {key}: {type(err).__name__}: {err}"))
+        frames.append(clip)
+        heads.append(head)
+        tails.append(tail)
+    return {"shard": batch["shard"], "key": batch["key"], "frames": object_column(frames),
+            "head": np.asarray(heads, dtype=object), "tail": np.asarray(tails, dtype=object),
+            "error": np.asarray(errors, dtype=object)}
+
+
+class EncodeLatents:
+    """Callable Ray Data stage: ``frames`` (N, T, H, W, 3) uint8 -> ``latents`` (T/f, N, L, H/s, W/s) float32.
+
+    Used as an actor pool, the tokenizer loaded once per actor:
+        ds.map_batches(EncodeLatents, fn_constructor_kwargs={"path": ..., "mode": "sample", "seed": 0,
+                       "device": "cuda"}, batch_size=4, compute=ray.data.ActorPoolStrategy(size=2), num_gpus=1)
+    Encoder failures are not per-sample problems (out of memory, a bad device): they raise.
+    """
+
+    def __init__(self, path: str, mode: str = "sample", seed: int = 0, device: str = "cpu",
+                 num_threads: int | None = None):
+        import torch
+
+        from gaia2.tokenizer.export import load_tokenizer
+
+        if mode not in ("sample", "mean"):
+            raise ValueError(f"EncodeLatents: mode must be 'sample' or 'mean', got {mode!r}")
+        if num_threads and device == "cpu":
+            torch.set_num_threads(num_threads)
+        self.model = load_tokenizer(path, device)
+        self.device, self.mode, self.seed = torch.device(device), mode, seed
+
+    def encode_sample(self, key: str, frames: np.ndarray) -> np.ndarray:
+        """frames (N, T, H, W, 3) uint8 -> latents (T/f, N, L, H/s, W/s) float32; one encoder call."""
+        import torch
+        from einops import rearrange
+
+        from gaia2.tokenizer.clips import to_model_input
+        from gaia2.tokenizer.model import Tokenizer
+
+        with torch.no_grad():
+            # uint8 crosses to the device (4x less than float), converted there.
+            video = to_model_input(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))  # (N, 3, T, H, W)
+            mean, log_std = self.model.encode(video)                       # each (N, L, T/f, H/s, W/s)
+            mean, log_std = mean.float().cpu(), log_std.float().cpu()
+            if self.mode == "sample":
+                # Noise drawn on the CPU from a per-sample generator: the same on any device and batching.
+                gen = torch.Generator().manual_seed(sample_seed(self.seed, key))
+                latents = Tokenizer.sample_latents(mean, log_std, gen)
+            else:
+                latents = mean
+        return np.ascontiguousarray(rearrange(latents, "n l t h w -> t n l h w").numpy(), dtype=np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        latents = []
+        for key, frames, error in zip(batch["key"], batch["frames"], batch["error"]):
+            latents.append(np.zeros((0,) * 5, np.float32) if error else self.encode_sample(str(key), frames))
+        return {"shard": batch["shard"], "key": batch["key"], "latents": object_column(latents),
+                "head": batch["head"], "tail": batch["tail"], "error": batch["error"]}
+
+
+def stage_latents_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
+    """Ray Data task: stage each sample (head + ``<key>.latents.npy`` + tail) or its failure; passes on
+    only the keys, so nothing heavy reaches the driver."""
+    for shard, key, head, latents, tail, error in zip(batch["shard"], batch["key"], batch["head"],
+                                                       batch["latents"], batch["tail"], batch["error"]):
+        key, error = str(key), str(error)
+        sample = b""
+        if not error:
+            member = tar_members([(f"{key}.{LATENTS_MEMBER}", npy_bytes(np.asarray(latents, dtype=np.float32)))])
+            sample = bytes(head) + member + bytes(tail)
+        stage_sample(out_dir, str(shard), key, sample, error)
+    return {"key": np.asarray(batch["key"], dtype=object), "error": np.asarray(batch["error"], dtype=object)}
+
+
+def latent_shapes(path: str) -> dict[str, int]:
+    """Ray task: shapes of a latent shard's ``latents.npy`` members, read back from their npy headers
+    ({"3x5x16x4x8": count}); raises if one is not float32."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    shapes: Counter = Counter()
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if info.name.endswith(f".{LATENTS_MEMBER}"):
+                f = tar.extractfile(info)
+                shape, _, dtype = readers[np.lib.format.read_magic(f)](f)
+                if dtype != np.float32:
+                    raise RuntimeError(f"{path}: {info.name} is {dtype}, expected float32")
+                shapes["x".join(map(str, shape))] += 1
+    return dict(shapes)
