@@ -14,4 +14,6 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=True, logging_level="warning")
+        # The dashboard also serves Ray's state API, which Ray Train's placement-group cleaner polls
+        # (without it, it logs a warning every few seconds); it is Ray's default anyway.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, configure_logging=True, logging_level="warning")

@@ -169,7 +169,13 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
                                            "mlflow_run_id": run_id})
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         model_name = f"gaia2-tokenizer-{cfg.preset}"
-        version = log_and_register(export_dir, model_name)
+        step = str(int(state["step"]))
+        done = mlflow.get_run(run_id).data.tags
+        if done.get("gaia2.registered_step") == step:   # a rerun of a finished job: nothing new to register
+            version = int(done["gaia2.registered_version"])
+        else:
+            version = log_and_register(export_dir, model_name)
+            mlflow.set_tags({"gaia2.registered_step": step, "gaia2.registered_version": version})
         mlflow.set_tag("checkpoint", result.checkpoint.path)
         return TrainOutcome(run_id, export_dir, model_name, version, metrics, result.checkpoint.path)
 

@@ -158,6 +158,12 @@ def test_paper_describe_matches_paper() -> None:
     assert d["encoder_modules"]["SpatialBlock"] == 24
     assert d["decoder_modules"]["SpaceTimeBlock"] == 16 + 8
     assert d["encoder_modules"]["Attention"] == 24 and d["decoder_modules"]["Attention"] == 48
+    for part in ("encoder", "decoder", "discriminator"):
+        assert sum(d[f"{part}_breakdown"].values()) == d[f"{part}_params"], part
+    assert list(d["encoder_breakdown"]) == ["patch", "down", "blocks", "out_down", "norm", "to_moments"]
+    # 24 spatial blocks of width 512: attention 4 * 512^2 + MLP 8 * 512^2 weights (+ biases, norms) each.
+    assert abs(d["encoder_breakdown"]["blocks"] / (24 * 12 * 512 ** 2) - 1) < 0.01
+    assert d["discriminator_params"] == 12_181_633
 
 
 def test_tiny_describe() -> None:

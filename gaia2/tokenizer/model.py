@@ -109,12 +109,21 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def param_breakdown(module: nn.Module) -> dict[str, int]:
+    """Parameters per direct child, in definition order (e.g. ``blocks`` holds all transformer blocks)."""
+    return {name: count_params(child) for name, child in module.named_children()}
+
+
 def describe(preset: str) -> dict[str, Any]:
-    """Build the preset's tokenizer on the meta device (no memory, no compute) and report its size
-    and shapes; the latent shape comes from running ``encode`` and ``decode`` on meta tensors."""
+    """Build the preset's tokenizer and GAN discriminator on the meta device (no memory, no compute) and
+    report their sizes (total, per child module, module types) and shapes; the latent shape comes from
+    running ``encode`` and ``decode`` on meta tensors."""
+    from gaia2.tokenizer.discriminator import Discriminator3D, discriminator_config
+
     cfg = tokenizer_config(preset)
     with torch.device("meta"):
         model = Tokenizer(cfg)
+        disc = Discriminator3D(discriminator_config(preset))
         video = torch.empty(1, 3, cfg.frames, cfg.height, cfg.width)
         with torch.no_grad():
             mean, _ = model.encode(video)
@@ -127,6 +136,10 @@ def describe(preset: str) -> dict[str, Any]:
         "preset": cfg.preset,
         "encoder_params": count_params(model.encoder),
         "decoder_params": count_params(model.decoder),
+        "discriminator_params": count_params(disc),
+        "encoder_breakdown": param_breakdown(model.encoder),
+        "decoder_breakdown": param_breakdown(model.decoder),
+        "discriminator_breakdown": param_breakdown(disc),
         "encoder_modules": dict(Counter(type(m).__name__ for m in model.encoder.modules())),
         "decoder_modules": dict(Counter(type(m).__name__ for m in model.decoder.modules())),
         "input_shape": input_shape,
