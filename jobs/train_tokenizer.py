@@ -198,7 +198,6 @@ def summary(outcome: TrainOutcome, workdir: str) -> str:
 def execute(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_config(args)
-        preflight(cfg)
         name = args.name or f"tokenizer-{cfg.preset}"
         outcome = run(cfg, name, args.workdir, args.storage, fail_at_step=args.inject_failure_at)
     except ConfigError as err:
