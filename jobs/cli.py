@@ -9,6 +9,7 @@
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
                                                    shards -> tokenizer training -> latent shards
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
+    gaia2 describe world-model --preset NAME       parameters, tokens per sample, FLOPs per training step
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def _describe_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_world_model(args: argparse.Namespace) -> int:
+    import json
+
+    from gaia2.config.base import ConfigError
+    from gaia2.world_model.describe import describe
+
+    try:
+        print(json.dumps(describe(args.preset), indent=1))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from jobs.quickstart import main as quickstart
 
@@ -134,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
     t = d.add_parser("tokenizer", help="video tokenizer: parameter counts, input/latent shapes, compression")
     t.add_argument("--preset", default="paper")
     t.set_defaults(fn=_describe_tokenizer)
+    w = d.add_parser("world-model", help="world model: parameter counts, tokens per sample, FLOPs per step")
+    w.add_argument("--preset", default="paper")
+    w.set_defaults(fn=_describe_world_model)
 
     q = sub.add_parser("quickstart", help="run the local pipeline end to end on synthetic data")
     q.add_argument("--workdir", default="gaia2-quickstart")

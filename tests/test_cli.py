@@ -49,3 +49,15 @@ def test_describe_tokenizer_paper(capsys):
     d = json.loads(capsys.readouterr().out)
     assert abs(d["encoder_params"] / 85e6 - 1) < 0.1 and abs(d["decoder_params"] / 200e6 - 1) < 0.1
     assert d["latent_shape"] == [3, 14, 30, 64] and d["compression"] == 384
+
+
+def test_describe_world_model_paper(capsys):
+    import json
+
+    from jobs.cli import main
+
+    assert main(["describe", "world-model", "--preset", "paper"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["tokens"] == 12_600 and abs(d["params"] / 8.4e9 - 1) < 0.10
+    assert main(["describe", "world-model", "--preset", "huge"]) == 2
+    assert "preset: unknown preset 'huge'" in capsys.readouterr().err
