@@ -6,6 +6,7 @@
     gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
     gaia2 train tokenizer --shards DIR [--preset tiny]             train the video tokenizer (Ray Train)
     gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
+    gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
                                                    shards -> tokenizer training -> latent shards
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
@@ -62,6 +63,12 @@ def _shards_verify(args: argparse.Namespace) -> int:
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from jobs.train_tokenizer import execute
+
+    return execute(args)
+
+
+def _train_world_model(args: argparse.Namespace) -> int:
+    from jobs.train_world_model import execute
 
     return execute(args)
 
@@ -139,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     from jobs.train_tokenizer import add_arguments as add_train_arguments
     add_train_arguments(tt)
     tt.set_defaults(fn=_train_tokenizer)
+    tw = tr.add_parser("world-model", help="train the latent world model on latent shards (flow matching)")
+    from jobs.train_world_model import add_arguments as add_world_model_arguments
+    add_world_model_arguments(tw)
+    tw.set_defaults(fn=_train_world_model)
 
     e = sub.add_parser("encode-latents", help="encode a shard build's videos into latent shards with a tokenizer")
     from jobs.encode_latents import add_arguments as add_latent_arguments

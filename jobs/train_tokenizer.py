@@ -98,86 +98,42 @@ class TrainOutcome:
 
 def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None = None,
         fail_at_step: int | None = None) -> TrainOutcome:
-    import mlflow
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from gaia2.tokenizer.export import save_tokenizer
     from gaia2.tokenizer.model import Tokenizer
-    from jobs.runtime import init_ray
-    from jobs.tokenizer_loop import STATE_FILE, train_loop
+    from jobs.tokenizer_loop import train_loop
     from jobs.tokenizer_model import log_and_register
-    from jobs.tracking import find_run, log_config, mlflow_run, tracking_uri
+    from jobs.train_driver import register_once, train
     from pipelines.tokenizer.train_data import clip_dataset, split_files
 
     summary = preflight(cfg)
-    # Checkpoints live in ``storage`` (a local path or a URI such as s3://bucket/ckpt, which Ray Train
-    # writes through pyarrow); the run's MLflow id is found again by tags, so resuming needs nothing
-    # from this machine's disk. Local outputs (the exported model) go under the workdir.
-    if "://" not in (storage or ""):
-        storage = os.path.abspath(storage or os.path.join(workdir, "ray_results"))
-    local_dir = os.path.join(os.path.abspath(workdir), "tokenizer-jobs", name)
-    os.makedirs(local_dir, exist_ok=True)
-    tags = {"gaia2.job_name": name, "gaia2.storage": storage}
-    previous = find_run(EXPERIMENT, workdir, tags)
-
-    init_ray()
     d, m = cfg.data, cfg.model
-    datasets = {
-        "train": clip_dataset(split_files(d.shards, "train"), m.height, m.width, d.decode_cpus, d.decode_batch)
-        .select_columns(["frames"]),
-        "val": clip_dataset(split_files(d.shards, "val"), m.height, m.width, d.decode_cpus, d.decode_batch)
-        .select_columns(["frames"]).limit(d.val_clips),
-    }
-    with mlflow_run(EXPERIMENT, workdir, run_name=name, run_id=previous) as active:
-        run_id = active.info.run_id
-        if previous is None:
-            mlflow.set_tags(tags)
-            log_config(cfg.model_dump())
-            mlflow.log_params({"job_name": name, "storage": storage,
-                               "train_samples": summary["train"]["samples"],
-                               "val_samples": summary["val"]["samples"]})
-        w = cfg.workers
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri(workdir),
-                               "run_id": run_id, "fail_at_step": fail_at_step,
-                               "fail_marker": os.path.join(local_dir, "injected-failure.marker")},
-            scaling_config=ray.train.ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu,
-                                                   resources_per_worker={"CPU": w.cpus_per_worker}),
-            run_config=ray.train.RunConfig(
-                name=name, storage_path=storage,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=w.max_failures)),
-            datasets=datasets,
-            dataset_config=ray.train.DataConfig(
-                datasets_to_split=["train"],
-                execution_options=ray.data.ExecutionOptions(preserve_order=True)),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training job {name!r} finished without a checkpoint")
-        with result.checkpoint.as_directory() as ckpt:
-            import torch
 
-            state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
+    def datasets() -> dict:
+        return {
+            "train": clip_dataset(split_files(d.shards, "train"), m.height, m.width, d.decode_cpus, d.decode_batch)
+            .select_columns(["frames"]),
+            "val": clip_dataset(split_files(d.shards, "val"), m.height, m.width, d.decode_cpus, d.decode_batch)
+            .select_columns(["frames"]).limit(d.val_clips),
+        }
+
+    result: dict = {}
+
+    def export(training) -> None:
         model = Tokenizer(cfg.model)
-        model.load_state_dict(state["ema"]["model"])
-        export_dir = save_tokenizer(os.path.join(local_dir, "export", "tokenizer"), model,
-                                    extra={"step": int(state["step"]), "ema_decay": cfg.optim.ema_decay,
-                                           "mlflow_run_id": run_id})
-        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        model_name = f"gaia2-tokenizer-{cfg.preset}"
-        step = str(int(state["step"]))
-        done = mlflow.get_run(run_id).data.tags
-        if done.get("gaia2.registered_step") == step:   # a rerun of a finished job: nothing new to register
-            version = int(done["gaia2.registered_version"])
-        else:
-            version = log_and_register(export_dir, model_name)
-            mlflow.set_tags({"gaia2.registered_step": step, "gaia2.registered_version": version})
-        mlflow.set_tag("checkpoint", result.checkpoint.path)
-        return TrainOutcome(run_id, export_dir, model_name, version, metrics, result.checkpoint.path)
+        model.load_state_dict(training.state["ema"]["model"])
+        step = int(training.state["step"])
+        result["export_dir"] = save_tokenizer(os.path.join(training.local_dir, "export", "tokenizer"), model,
+                                              extra={"step": step, "ema_decay": cfg.optim.ema_decay,
+                                                     "mlflow_run_id": training.run_id})
+        result["model_name"] = f"gaia2-tokenizer-{cfg.preset}"
+        result["version"] = register_once(step, lambda: log_and_register(result["export_dir"], result["model_name"]))
+
+    training = train("tokenizer", EXPERIMENT, name, workdir, storage, cfg, train_loop, datasets,
+                     cfg.workers, cfg.schedule.keep_checkpoints,
+                     {"train_samples": summary["train"]["samples"], "val_samples": summary["val"]["samples"]},
+                     fail_at_step, export)
+    return TrainOutcome(training.run_id, result["export_dir"], result["model_name"], result["version"],
+                        training.metrics, training.checkpoint)
 
 
 def summary(outcome: TrainOutcome, workdir: str) -> str:

@@ -54,3 +54,20 @@ def tokenizer_shards(ray_session, synth_clips, clip_model, tmp_path_factory) -> 
     out = str(tmp_path_factory.mktemp("tokenizer") / "shards")
     build_shards(synth_clips, out, cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def latent_shards(tokenizer_shards, tmp_path_factory) -> str:
+    """``tokenizer_shards`` encoded by a randomly initialised tiny tokenizer: latents (3, N, 16, 4, 8)."""
+    import torch
+
+    from gaia2.tokenizer import Tokenizer, tiny
+    from gaia2.tokenizer.export import save_tokenizer
+    from pipelines.tokenizer.latents import encode_latents, latent_config
+
+    root = tmp_path_factory.mktemp("latents")
+    torch.manual_seed(0)
+    tokenizer = save_tokenizer(str(root / "tokenizer"), Tokenizer(tiny()))
+    out = str(root / "latents")
+    encode_latents(tokenizer_shards, tokenizer, out, latent_config(mode="mean"))
+    return out

@@ -129,6 +129,16 @@ class Trained:
         return self.model(**inputs, keep=keep)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The ops are tiny: on a shared 2-core machine, OpenMP workers spinning against other processes make
+    this module several times slower with two threads than with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     """A few dozen AdamW steps of the real training step: tau from the bimodal logit-normal, a task per
@@ -141,23 +151,28 @@ def trained() -> Trained:
     g = torch.Generator().manual_seed(2)
     taus, tasks = TauSampler(), TaskSampler()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
-    losses = []
-    for _ in range(STEPS):
-        cond, timestamps, camera = world.conditioning(BATCH, g)
-        x = world.latents(cond, timestamps, camera, g)
-        eps = torch.randn(x.shape, generator=g)
-        task = tasks.sample(BATCH, cfg.frames, cfg.cameras, cfg.height, cfg.width, g)
-        camera_mask = model.conditioning.sample_camera_keep(BATCH, cfg.cameras, g)
-        flow = build_inputs(x, eps, taus.sample(BATCH, g), task.clean_mask, camera_mask)
-        keep = model.conditioning.sample_keep(BATCH, g)
-        v = model(flow.x_in, flow.tau, cond, timestamps, camera, keep=keep, camera_mask=camera_mask, generator=g)
-        loss, _ = flow_loss(v, velocity_target(x, eps), flow.loss_mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+    losses = [train_step(model, opt, world, taus, tasks, g) for _ in range(STEPS)]
     return Trained(model.eval(), world, losses)
+
+
+def train_step(model: WorldModel, opt: torch.optim.Optimizer, world: SyntheticWorld, taus: TauSampler,
+               tasks: TaskSampler, g: torch.Generator) -> float:
+    """One step of the training objective on a fresh synthetic batch -> its flow loss."""
+    cfg = model.cfg
+    cond, timestamps, camera = world.conditioning(BATCH, g)
+    x = world.latents(cond, timestamps, camera, g)
+    eps = torch.randn(x.shape, generator=g)
+    task = tasks.sample(BATCH, cfg.frames, cfg.cameras, cfg.height, cfg.width, g)
+    camera_mask = model.conditioning.sample_camera_keep(BATCH, cfg.cameras, g)
+    flow = build_inputs(x, eps, taus.sample(BATCH, g), task.clean_mask, camera_mask)
+    keep = model.conditioning.sample_keep(BATCH, g)
+    v = model(flow.x_in, flow.tau, cond, timestamps, camera, keep=keep, camera_mask=camera_mask, generator=g)
+    loss, _ = flow_loss(v, velocity_target(x, eps), flow.loss_mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
 
 
 def base_inputs(world: SyntheticWorld, seed: int = 3, batch: int = 2) -> Inputs:
@@ -177,7 +192,7 @@ def clone(inputs: Inputs) -> Inputs:
             for k, v in inputs.items()}
 
 
-# --- how each input is changed; each change touches ``samples`` only -------------------------------------
+# --- how each input is changed: in place, in the samples selected by s only ---------------------------
 
 def _action(i: Inputs, s: slice) -> None:
     a = i["cond"]["action"]
@@ -216,7 +231,7 @@ def _intrinsics(i: Inputs, s: slice) -> None:
 
 def _extrinsics(i: Inputs, s: slice) -> None:
     e = i["camera"]["extrinsics"]
-    e[s, :, :3, :3] = e[s, :, :3, :3].transpose(-1, -2).clone()                     # the opposite yaw
+    e[s, :, :3, :3] = e[s, :, :3, :3].transpose(-1, -2).clone()            # the opposite yaw
     e[s, :, :3, 3] = e[s, :, :3, 3] + 2.0
 
 

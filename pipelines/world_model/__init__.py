@@ -1,0 +1,1 @@
+"""Ray Data stages of the world model: latent shards -> model-ready samples."""
