@@ -8,7 +8,7 @@
     gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
     gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
-                                                   shards -> tokenizer training -> latent shards
+                                                   shards -> tokenizer -> latent shards -> world model
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
     gaia2 describe world-model --preset NAME       parameters, tokens per sample, FLOPs per training step
 """
@@ -171,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--tokenizer-steps", type=int, default=200,
                    help="tokenizer main-stage steps (default 200, about 4 minutes on 2 cores; the tiny preset "
                         "has 300)")
+    q.add_argument("--world-model-steps", type=int, default=200,
+                   help="world-model steps (default 200; the tiny preset has 300)")
     q.set_defaults(fn=_quickstart)
     return p
 

@@ -3,7 +3,9 @@
 1. synthetic clips -> balanced, geofenced shards (``gaia2 shards build``);
 2. the tiny video tokenizer trained on them with Ray Train (``gaia2 train tokenizer``), its EMA
    weights exported and registered in MLflow;
-3. the shards encoded into latent shards with that tokenizer (``gaia2 encode-latents``).
+3. the shards encoded into latent shards with that tokenizer (``gaia2 encode-latents``);
+4. the tiny world model trained on those latents with flow matching (``gaia2 train world-model``),
+   its EMA weights exported and registered in MLflow.
 
 No pretrained weights can be assumed on a fresh machine. Unless GAIA2_CLIP_PATH, GAIA2_DINO_PATH and
 GAIA2_TORCH_HOME name real ones (a CLIP vision model, a DINOv2 model, a torch home caching the LPIPS
@@ -45,7 +47,7 @@ def _pretrained(work: str) -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> int:
     from gaia2.synth.generate import generate_clips
-    from jobs import build_shards, encode_latents, train_tokenizer
+    from jobs import build_shards, encode_latents, train_tokenizer, train_world_model
 
     work = os.path.abspath(args.workdir)
     clips = os.path.join(work, "clips")
@@ -55,14 +57,14 @@ def main(args: argparse.Namespace) -> int:
     pretrained = _pretrained(work)
     shards = os.path.join(work, "shards")
 
-    print("[quickstart] 1/3 building shards")
+    print("[quickstart] 1/4 building shards")
     code = build_shards.execute(argparse.Namespace(
         source=clips, out=shards, config=None, preset="tiny", seed=args.seed, clip_path=pretrained["clip"],
         workdir=work))
     if code:
         return code
 
-    print("[quickstart] 2/3 training the tiny tokenizer (Ray Train; main stage, then the decoder's GAN fine-tune)")
+    print("[quickstart] 2/4 training the tiny tokenizer (Ray Train; main stage, then the decoder's GAN fine-tune)")
     code = train_tokenizer.execute(argparse.Namespace(
         shards=shards, preset="tiny", config=None, name="tokenizer-quickstart", steps=args.tokenizer_steps,
         gan_steps=None, batch_size=None, workers=None, gpu=None, seed=args.seed, dino_path=pretrained["dino"],
@@ -70,8 +72,15 @@ def main(args: argparse.Namespace) -> int:
     if code:
         return code
 
-    print("[quickstart] 3/3 encoding the shards into latent shards")
-    return encode_latents.execute(argparse.Namespace(
-        shards=shards, tokenizer="models:/gaia2-tokenizer-tiny@candidate",
-        out=os.path.join(work, "latents"), mode=None, seed=args.seed, batch_size=None, num_gpus=None, num_cpus=None,
-        concurrency=None, workdir=work))
+    print("[quickstart] 3/4 encoding the shards into latent shards")
+    latents = os.path.join(work, "latents")
+    code = encode_latents.execute(argparse.Namespace(
+        shards=shards, tokenizer="models:/gaia2-tokenizer-tiny@candidate", out=latents, mode=None, seed=args.seed,
+        batch_size=None, num_gpus=None, num_cpus=None, concurrency=None, workdir=work))
+    if code:
+        return code
+
+    print("[quickstart] 4/4 training the tiny world model on the latents (Ray Train, flow matching)")
+    return train_world_model.execute(argparse.Namespace(
+        shards=latents, preset="tiny", config=None, name="world-model-quickstart", steps=args.world_model_steps,
+        batch_size=None, workers=None, gpu=None, seed=args.seed, storage=None, workdir=work, inject_failure_at=None))
