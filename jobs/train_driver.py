@@ -97,3 +97,60 @@ def register_once(step: int, register: Callable[[], int]) -> int:
     version = register()
     mlflow.set_tags({"gaia2.registered_step": str(step), "gaia2.registered_version": version})
     return version
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    export_dir: str
+    model_name: str
+    model_version: int
+    metrics: dict
+    checkpoint: str
+
+
+def overrides_from(pairs: list[tuple[Any, tuple[str, ...]]]) -> dict:
+    """[(value, ("section", "field")), ...] -> nested overrides for the values that are not None."""
+    overrides: dict = {}
+    for value, path in pairs:
+        if value is not None:
+            node = overrides
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    return overrides
+
+
+def outcome_lines(outcome: TrainOutcome, experiment: str, workdir: str) -> list[str]:
+    from jobs.tracking import tracking_uri
+
+    return [f"model:      {outcome.export_dir} (EMA weights)",
+            f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
+            f"checkpoint: {outcome.checkpoint}",
+            f"mlflow:     run {outcome.run_id} in experiment '{experiment}' at {tracking_uri(workdir)}"]
+
+
+def execute_job(work: Callable[[], str]) -> int:
+    """Run a training job's ``work`` (returns its summary) with the CLI's error contract: a configuration
+    error prints ``error: ...`` and returns 2; a training failure past its retries returns 1 and says how
+    to resume; anything else is a bug and raises."""
+    import sys
+
+    from gaia2.config.base import ConfigError
+
+    try:
+        text = work()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        import ray.train
+
+        if not isinstance(err, ray.train.TrainingFailedError):
+            raise
+        # The workers' tracebacks are already in the log above; checkpoints and the MLflow run are kept.
+        print(f"error: training failed: {str(err).splitlines()[0]}\nrun the same command again to resume from "
+              f"the last checkpoint", file=sys.stderr)
+        return 1
+    print(text)
+    return 0

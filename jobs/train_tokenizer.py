@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from typing import Sequence
 
 from gaia2.config.base import ConfigError
 from gaia2.tokenizer.train_config import TokenizerTrainConfig, check_pretrained, train_config
+from jobs.train_driver import TrainOutcome, execute_job, outcome_lines, overrides_from
 
 EXPERIMENT = "tokenizer"
 
@@ -48,19 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> TokenizerTrainConfig:
-    overrides: dict = {}
     pairs = [(args.shards, ("data", "shards")), (args.steps, ("schedule", "steps")),
              (args.gan_steps, ("gan", "steps")), (args.batch_size, ("data", "batch_size")),
              (args.workers, ("workers", "num_workers")), (args.gpu, ("workers", "use_gpu")),
              (args.seed, ("seed",)), (args.dino_path, ("loss", "dino_path")),
              (args.lpips_torch_home, ("loss", "lpips_torch_home"))]
-    for value, path in pairs:
-        if value is not None:
-            node = overrides
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
-    return train_config(preset=args.preset, path=args.config, overrides=overrides)
+    return train_config(preset=args.preset, path=args.config, overrides=overrides_from(pairs))
 
 
 def preflight(cfg: TokenizerTrainConfig) -> dict:
@@ -84,16 +77,6 @@ def preflight(cfg: TokenizerTrainConfig) -> dict:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} clips x {cfg.workers.num_workers} workers is "
                           f"more than the train split's ~{summary['train']['samples'] * summary['train']['cameras']} clips")
     return summary
-
-
-@dataclass
-class TrainOutcome:
-    run_id: str
-    export_dir: str
-    model_name: str
-    model_version: int
-    metrics: dict
-    checkpoint: str
 
 
 def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None = None,
@@ -137,13 +120,8 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
 
 
 def summary(outcome: TrainOutcome, workdir: str) -> str:
-    from jobs.tracking import tracking_uri
-
     m = outcome.metrics
-    lines = [f"model:      {outcome.export_dir} (EMA weights)",
-             f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
-             f"checkpoint: {outcome.checkpoint}",
-             f"mlflow:     run {outcome.run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}"]
+    lines = outcome_lines(outcome, EXPERIMENT, workdir)
     if "val_psnr" in m:
         lines.insert(0, f"validation: PSNR {m['val_psnr']:.2f} dB (mean-colour baseline {m['val_baseline_psnr']:.2f} dB, "
                         f"gain {m['val_gain_db']:.2f} dB), SSIM {m['val_ssim']:.3f}"
@@ -152,24 +130,13 @@ def summary(outcome: TrainOutcome, workdir: str) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
-    try:
+    def work() -> str:
         cfg = resolve_config(args)
-        name = args.name or f"tokenizer-{cfg.preset}"
-        outcome = run(cfg, name, args.workdir, args.storage, fail_at_step=args.inject_failure_at)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        import ray.train
+        outcome = run(cfg, args.name or f"tokenizer-{cfg.preset}", args.workdir, args.storage,
+                      fail_at_step=args.inject_failure_at)
+        return summary(outcome, args.workdir)
 
-        if not isinstance(err, ray.train.TrainingFailedError):
-            raise
-        # The workers' tracebacks are already in the log above; checkpoints and the MLflow run are kept.
-        print(f"error: training failed: {str(err).splitlines()[0]}\nrun the same command again to resume from the last checkpoint",
-              file=sys.stderr)
-        return 1
-    print(summary(outcome, args.workdir))
-    return 0
+    return execute_job(work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

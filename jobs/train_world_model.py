@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from typing import Sequence
 
 from gaia2.config.base import ConfigError
 from gaia2.world_model.train_config import WorldModelTrainConfig, train_config
+from jobs.train_driver import TrainOutcome, execute_job, outcome_lines, overrides_from
 
 EXPERIMENT = "world_model"
 
@@ -44,17 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> WorldModelTrainConfig:
-    overrides: dict = {}
     pairs = [(args.shards, ("data", "shards")), (args.steps, ("schedule", "steps")),
              (args.batch_size, ("data", "batch_size")), (args.workers, ("workers", "num_workers")),
              (args.gpu, ("workers", "use_gpu")), (args.seed, ("seed",))]
-    for value, path in pairs:
-        if value is not None:
-            node = overrides
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
-    return train_config(preset=args.preset, path=args.config, overrides=overrides)
+    return train_config(preset=args.preset, path=args.config, overrides=overrides_from(pairs))
 
 
 def preflight(cfg: WorldModelTrainConfig) -> dict:
@@ -93,16 +86,6 @@ def preflight(cfg: WorldModelTrainConfig) -> dict:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} x {cfg.workers.num_workers} workers is more "
                               f"than the {counts['train']} training samples")
     return counts
-
-
-@dataclass
-class TrainOutcome:
-    run_id: str
-    export_dir: str
-    model_name: str
-    model_version: int
-    metrics: dict
-    checkpoint: str
 
 
 def run(cfg: WorldModelTrainConfig, name: str, workdir: str, storage: str | None = None,
@@ -144,13 +127,8 @@ def run(cfg: WorldModelTrainConfig, name: str, workdir: str, storage: str | None
 
 
 def summary(outcome: TrainOutcome, workdir: str) -> str:
-    from jobs.tracking import tracking_uri
-
     m = outcome.metrics
-    lines = [f"model:      {outcome.export_dir} (EMA weights)",
-             f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
-             f"checkpoint: {outcome.checkpoint}",
-             f"mlflow:     run {outcome.run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}"]
+    lines = outcome_lines(outcome, EXPERIMENT, workdir)
     if "val_loss" in m:
         lines.insert(0, f"validation: flow loss {m['val_loss']:.4f} (constant-velocity baseline "
                         f"{m['val_baseline_loss']:.4f}, improvement {m['val_improvement']:.3f})")
@@ -158,23 +136,13 @@ def summary(outcome: TrainOutcome, workdir: str) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
-    try:
+    def work() -> str:
         cfg = resolve_config(args)
         outcome = run(cfg, args.name or f"world-model-{cfg.preset}", args.workdir, args.storage,
                       fail_at_step=args.inject_failure_at)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        import ray.train
+        return summary(outcome, args.workdir)
 
-        if not isinstance(err, ray.train.TrainingFailedError):
-            raise
-        print(f"error: training failed: {str(err).splitlines()[0]}\nrun the same command again to resume from "
-              f"the last checkpoint", file=sys.stderr)
-        return 1
-    print(summary(outcome, args.workdir))
-    return 0
+    return execute_job(work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

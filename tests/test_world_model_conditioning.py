@@ -101,7 +101,6 @@ class SyntheticWorld:
     def latents(self, cond: dict, timestamps: Tensor, camera: dict, g: torch.Generator) -> Tensor:
         """-> x (B, T, N, L, H, W)."""
         cfg = self.cfg
-        b, t, n = cond["action"].shape[0], cfg.frames, cfg.cameras
         action = normalise_action(cond["action"]) @ self.w_action                            # (B, T, L)
         valid = cond["agents_valid"].float()[..., None]                                      # (B, T, N, A, 1)
         boxes = torch.cat([cond["agents"][..., :4], torch.ones_like(cond["agents"][..., :1])], -1)

@@ -226,6 +226,10 @@ class TokenizerTrainer:
         mean-colour baseline; merge the result over workers with ``ReconstructionMetrics.merge``."""
         metrics = ReconstructionMetrics()
         lpips = self.loss.lpips
+
+        def per_clip_lpips(v: Tensor, r: Tensor) -> Tensor:
+            return torch.stack([lpips(v[j:j + 1], r[j:j + 1]) for j in range(len(v))])
+
         seen = 0
         for i, clips in enumerate(batches):
             if max_clips is not None:
@@ -233,11 +237,7 @@ class TokenizerTrainer:
             if len(clips) == 0:
                 break
             video, recon = self.reconstruct(clips, seed=i)
-            per_clip_lpips = None
-            if lpips is not None:
-                def per_clip_lpips(v: Tensor, r: Tensor) -> Tensor:
-                    return torch.stack([lpips(v[j:j + 1], r[j:j + 1]) for j in range(len(v))])
-            metrics.update(video, recon, lpips=per_clip_lpips)
+            metrics.update(video, recon, lpips=per_clip_lpips if lpips is not None else None)
             seen += len(clips)
             if max_clips is not None and seen >= max_clips:
                 break
