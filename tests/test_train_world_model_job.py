@@ -88,6 +88,7 @@ def test_worker_failure_resumes_with_the_same_losses(straight, latent_shards, tm
     ({"model": {"cameras": 6}}, "model.cameras: 6"),
     ({"model": {"clip_dim": 32}}, "model.clip_dim: 32"),
     ({"flow": {"p_scratch": 0.5}}, "p_scratch + p_context + p_inpaint: must sum to 1"),
+    ({"workers": {"strategy": "fsdp"}}, "workers.strategy: 'fsdp'"),
 ])
 def test_bad_configuration_fails_before_any_work(latent_shards, tmp_path, capsys, overrides, field):
     import yaml
