@@ -59,7 +59,7 @@ def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) ->
     if scheme in ("models", "runs"):
         import mlflow
 
-        from jobs.tokenizer_model import resolve_tokenizer_uri
+        from jobs.tokenizer_registry import resolve_tokenizer_uri
         from jobs.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(workdir))

@@ -84,7 +84,7 @@ def run(cfg: TokenizerTrainConfig, name: str, workdir: str, storage: str | None 
     from gaia2.tokenizer.export import save_tokenizer
     from gaia2.tokenizer.model import Tokenizer
     from jobs.tokenizer_loop import train_loop
-    from jobs.tokenizer_model import log_and_register
+    from jobs.tokenizer_registry import log_and_register
     from jobs.train_driver import register_once, train
     from pipelines.tokenizer.train_data import clip_dataset, split_files
 

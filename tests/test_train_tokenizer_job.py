@@ -70,7 +70,7 @@ def test_uninterrupted_run_trains_exports_and_registers(straight):
     import mlflow
 
     from gaia2.tokenizer.export import load_tokenizer
-    from jobs.tokenizer_model import resolve_tokenizer_uri
+    from jobs.tokenizer_registry import resolve_tokenizer_uri
     from jobs.tracking import tracking_uri
 
     outcome, work = straight
