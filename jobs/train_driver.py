@@ -78,7 +78,13 @@ def train(kind: str, experiment: str, name: str, workdir: str, storage: str | No
         if result.checkpoint is None:
             raise RuntimeError(f"training job {name!r} finished without a checkpoint")
         with result.checkpoint.as_directory() as ckpt:
-            state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
+            if os.path.exists(os.path.join(ckpt, STATE_FILE)):
+                state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
+            else:   # a sharded (FSDP) checkpoint: gather it into one state on the CPU
+                from jobs.parallelize import full_state_from_sharded
+
+                state = full_state_from_sharded(ckpt)
+                state.update(torch.load(os.path.join(ckpt, "extra-0.pt"), weights_only=False))
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         outcome = Training(run_id, local_dir, state, metrics, result.checkpoint.path)
         after_fit(outcome)

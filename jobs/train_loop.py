@@ -63,13 +63,24 @@ def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: in
     ``log``: a ``RunLogger`` on rank 0, None elsewhere. ``loop_config``: ``fail_at_step`` / ``fail_marker``."""
     import ray.train
 
+    from jobs.parallelize import load_sharded, save_sharded
+
+    sharded = getattr(trainer, "sharded", False)   # FSDP: every rank saves and loads its own shard
     epoch, position = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=trainer.device, weights_only=False)
-        trainer.load_state_dict(state)
-        epoch, position = state["data"]["epoch"], state["data"]["batch"]
+            if sharded:
+                state = trainer.sharded_state()
+                extra = load_sharded(state, d, rank)
+                trainer.load_sharded_state(state)
+                trainer.load_extra_state(extra)
+                data = extra["data"]
+            else:
+                state = torch.load(os.path.join(d, STATE_FILE), map_location=trainer.device, weights_only=False)
+                trainer.load_state_dict(state)
+                data = state["data"]
+        epoch, position = data["epoch"], data["batch"]
         if log:
             log.metrics({"resumed_from_step": trainer.step, "resumed_epoch": epoch, "resumed_batch": position},
                         step=trainer.step)
@@ -81,7 +92,12 @@ def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: in
     def save_checkpoint(metrics: dict[str, float]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if rank == 0:
+            if sharded:
+                extra = {**trainer.extra_state(), "data": {"epoch": epoch, "batch": position},
+                         "config": spec.config_json}
+                save_sharded(trainer.sharded_state(), extra, tmp, rank)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)   # Ray merges the ranks' directories
+            elif rank == 0:
                 state = trainer.state_dict()
                 state["data"] = {"epoch": epoch, "batch": position}
                 state["config"] = spec.config_json

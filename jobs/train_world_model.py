@@ -57,10 +57,6 @@ def preflight(cfg: WorldModelTrainConfig) -> dict:
 
     from pipelines.world_model.train_data import DataError, first_sample, split_files
 
-    if cfg.workers.strategy == "fsdp":
-        # Not silently replaced by DDP: an 8B model does not fit one GPU replicated with its optimiser.
-        raise ConfigError("workers.strategy: 'fsdp' (FSDP2 sharding for the large presets) is not available in "
-                          "this version yet; set workers.strategy: ddp for presets that fit one device")
     if not cfg.data.shards:
         raise ConfigError("data.shards: required (pass --shards DIR, a `gaia2 encode-latents` output)")
     if not os.path.isdir(cfg.data.shards):

@@ -51,8 +51,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.workers.torch_threads or max(1, int(cfg.workers.cpus_per_worker)))
-    wrap = ray.train.torch.prepare_model if world > 1 else (lambda m: m)
-    trainer = WorldModelTrainer(cfg, device=ray.train.torch.get_device(), rank=rank, wrap=wrap)
+    from jobs.parallelize import wrapper
+
+    device = ray.train.torch.get_device()
+    wrap = wrapper(cfg.workers.strategy, cfg.precision, world, device)
+    trainer = WorldModelTrainer(cfg, device=device, rank=rank, wrap=wrap, sharded=cfg.workers.strategy == "fsdp")
     log = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None

@@ -44,12 +44,16 @@ class WorldModelTrainer:
     """``train_step(batch)`` with a batch of tensors as ``gaia2.world_model.sample`` produces (plus a batch axis)."""
 
     def __init__(self, cfg: WorldModelTrainConfig, device: torch.device | str = "cpu", rank: int = 0,
-                 wrap: Wrap = lambda m: m) -> None:
-        self.cfg, self.device = cfg, torch.device(device)
+                 wrap: Wrap = lambda m: m, sharded: bool = False) -> None:
+        """``sharded``: ``wrap`` shards the parameters (FSDP2): the EMA copy is sharded the same way, and the
+        state is saved per rank (``sharded_state`` / ``extra_state``) instead of as one ``state_dict``."""
+        self.cfg, self.device, self.sharded = cfg, torch.device(device), sharded
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
         self.model = WorldModel(cfg.model).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay)
         self.wrapped = wrap(self.model)
+        if sharded:
+            wrap(self.ema.model)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
         f = cfg.flow
@@ -158,6 +162,29 @@ class WorldModelTrainer:
     def state_dict(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state()}
+
+    def sharded_state(self) -> dict:
+        """The tensors of the state as this rank's shards (DTensors), for ``torch.distributed.checkpoint``;
+        same layout as ``state_dict`` without step and RNG (those are per rank: ``extra_state``)."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+
+    def load_sharded_state(self, state: dict) -> None:
+        """After ``torch.distributed.checkpoint.load`` filled ``sharded_state()``'s tensors in place."""
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+
+    def extra_state(self) -> dict:
+        return {"step": self.step, "rng": self.rng.get_state()}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.step = int(extra["step"])
+        self.rng.set_state(extra["rng"])
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
