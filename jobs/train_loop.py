@@ -128,7 +128,9 @@ def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: in
                 eta = (spec.total - step) / rate if rate > 0 else float("inf")
                 say(f"[{spec.tag}] step {step}/{spec.total} {stage:<4} | loss {values['loss']:.4f} | "
                     f"lr {values['lr']:.2e} | grad {values['grad_norm']:.3f} | {rate:.2f} steps/s | ETA {fmt_time(eta)}")
-            if log and spec.validate and (step % spec.val_every == 0 or step == spec.total):
+            # Validation runs on rank 0, or on every rank when the model is sharded (FSDP's forward gathers
+            # parameters from all ranks, so they must all take part; only rank 0 logs).
+            if (log or sharded) and spec.validate and (step % spec.val_every == 0 or step == spec.total):
                 last_val = spec.validate()
             if step % spec.checkpoint_every == 0 or step == spec.total:
                 save_checkpoint(last_val if step == spec.total else {})

@@ -58,12 +58,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     trainer = WorldModelTrainer(cfg, device=device, rank=rank, wrap=wrap, sharded=cfg.workers.strategy == "fsdp")
     log = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    sharded = cfg.workers.strategy == "fsdp"
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 or sharded else None   # FSDP: all ranks validate
 
     def validate() -> dict[str, float]:
         m = trainer.evaluate(_batches(val_shard, cfg.data.batch_size, drop_last=False),
                              max_samples=cfg.data.val_samples)
         out = {f"val_{k}": v for k, v in m.items()}
+        if log is None:
+            return out
         log.metrics(out, step=trainer.step)
         say(f"[world-model] validation at step {trainer.step}: flow loss {out['val_loss']:.4f} "
             f"(constant-velocity baseline {out['val_baseline_loss']:.4f}, improvement {out['val_improvement']:.3f})")

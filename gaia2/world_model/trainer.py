@@ -153,6 +153,10 @@ class WorldModelTrainer:
             seen += b
             if max_samples is not None and seen >= max_samples:
                 break
+        if self.sharded:
+            # FSDP2 keeps the root's parameters gathered after a forward with no backward; shard them again
+            # so the EMA update meets sharded parameters on both sides.
+            model.reshard()
         if count == 0:
             raise ValueError("evaluate: no validation samples")
         baseline = float((s2 - s1 ** 2 / n_ch.clamp(min=1)).sum() / n_ch.sum())
