@@ -73,6 +73,11 @@ def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: in
             if sharded:
                 state = trainer.sharded_state()
                 extra = load_sharded(state, d, rank)
+                # The sharded load is partial (optimizer state exists only for trained parameters), so a
+                # checkpoint of another architecture would not fail by itself: compare the model configs.
+                if extra.get("config", {}).get("model") != spec.config_json.get("model"):
+                    raise RuntimeError(f"checkpoint {checkpoint.path}: written for another model configuration; "
+                                       f"resume with the same model config or use a new job name")
                 trainer.load_sharded_state(state)
                 trainer.load_extra_state(extra)
                 data = extra["data"]
