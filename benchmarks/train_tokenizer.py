@@ -26,28 +26,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def harmonic_rate(rates: list[float]) -> float:
-    """Equal-length intervals at these steps/s -> steps/s over all of them."""
-    return len(rates) / sum(1.0 / r for r in rates)
+from benchmarks.throughput import harmonic_rate, job_steps_per_s  # noqa: E402
 
 
 def ray_run(cfg, work: str, name: str) -> float:
-    from mlflow.tracking import MlflowClient
-
-    from jobs.tracking import tracking_uri
     from jobs.train_tokenizer import run
 
-    outcome = run(cfg, name, work)
-    history = MlflowClient(tracking_uri(work)).get_metric_history(outcome.run_id, "steps_per_s")
-    rates = [m.value for m in sorted(history, key=lambda m: m.step)][1:]
-    return harmonic_rate(rates)
+    return job_steps_per_s(work, run(cfg, name, work).run_id)
 
 
 def plain_run(cfg) -> float:
     import torch
 
     from gaia2.tokenizer.trainer import TokenizerTrainer
+    from jobs.train_loop import epoch_batches
     from pipelines.tokenizer.train_data import clip_dataset, split_files
 
     torch.set_num_threads(cfg.workers.torch_threads or max(1, int(cfg.workers.cpus_per_worker)))
@@ -59,9 +51,7 @@ def plain_run(cfg) -> float:
     mark = time.perf_counter()
     epoch = 0
     while trainer.step < cfg.total_steps:
-        for batch in ds.iter_torch_batches(batch_size=d.batch_size, drop_last=True, dtypes=None, device="cpu",
-                                           local_shuffle_buffer_size=d.shuffle_buffer or None,
-                                           local_shuffle_seed=cfg.seed + epoch if d.shuffle_buffer else None):
+        for batch in epoch_batches(ds, d.batch_size, epoch, cfg.seed, d.shuffle_buffer):
             out = trainer.train_step(batch["frames"])
             if trainer.step % every == 0:
                 float(out["loss"])   # the Ray loop logs (and so synchronises on) the loss at these steps

@@ -29,27 +29,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def harmonic_rate(rates: list[float]) -> float:
-    return len(rates) / sum(1.0 / r for r in rates)
+from benchmarks.throughput import harmonic_rate, job_steps_per_s  # noqa: E402
 
 
 def ray_run(cfg, work: str, name: str) -> float:
-    from mlflow.tracking import MlflowClient
-
-    from jobs.tracking import tracking_uri
     from jobs.train_world_model import run
 
-    outcome = run(cfg, name, work)
-    history = MlflowClient(tracking_uri(work)).get_metric_history(outcome.run_id, "steps_per_s")
-    return harmonic_rate([m.value for m in sorted(history, key=lambda m: m.step)][1:])
+    return job_steps_per_s(work, run(cfg, name, work).run_id)
 
 
 def plain_run(cfg) -> float:
     import torch
 
     from gaia2.world_model.trainer import WorldModelTrainer
-    from jobs.world_model_loop import _batches
+    from jobs.train_loop import epoch_batches
     from pipelines.world_model.train_data import sample_dataset, split_files
 
     torch.set_num_threads(cfg.workers.torch_threads or max(1, int(cfg.workers.cpus_per_worker)))
@@ -59,7 +52,7 @@ def plain_run(cfg) -> float:
     every, rates, epoch = cfg.schedule.log_every, [], 0
     mark = time.perf_counter()
     while trainer.step < cfg.total_steps:
-        for batch in _batches(ds, d.batch_size, epoch, cfg.seed, d.shuffle_buffer):
+        for batch in epoch_batches(ds, d.batch_size, epoch, cfg.seed, d.shuffle_buffer):
             out = trainer.train_step(batch)
             if trainer.step % every == 0:
                 float(out["loss"])   # the Ray loop logs (and so synchronises on) the loss at these steps

@@ -15,22 +15,9 @@ from typing import Any, Iterator
 import torch
 
 from gaia2.tokenizer.train_config import TokenizerTrainConfig
-from jobs.train_loop import STATE_FILE, LoopSpec, run_loop, say
+from jobs.train_loop import STATE_FILE, LoopSpec, epoch_batches, run_loop, say
 
 __all__ = ["STATE_FILE", "train_loop"]
-
-
-def _batches(shard, cfg: TokenizerTrainConfig, epoch: int) -> Iterator[torch.Tensor]:
-    buffer = cfg.data.shuffle_buffer or None
-    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, drop_last=True, dtypes=None, device="cpu",
-                                          local_shuffle_buffer_size=buffer,
-                                          local_shuffle_seed=cfg.seed + epoch if buffer else None):
-        yield batch["frames"]
-
-
-def _val_batches(shard, batch_size: int) -> Iterator[torch.Tensor]:
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=None, device="cpu"):
-        yield batch["frames"]
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -55,7 +42,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         first: list[torch.Tensor] = []
 
         def batches() -> Iterator[torch.Tensor]:
-            for clips in _val_batches(val_shard, cfg.data.batch_size):
+            for batch in epoch_batches(val_shard, cfg.data.batch_size):
+                clips = batch["frames"]
                 if not first:
                     first.append(clips)
                 yield clips
@@ -77,7 +65,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     s = cfg.schedule
     spec = LoopSpec(tag="tokenizer", total=cfg.total_steps, log_every=s.log_every, val_every=s.val_every,
                     checkpoint_every=s.checkpoint_every, global_batch=cfg.data.batch_size * world,
-                    batches=lambda epoch: _batches(train_shard, cfg, epoch),
+                    batches=lambda epoch: (b["frames"] for b in epoch_batches(
+                        train_shard, cfg.data.batch_size, epoch, cfg.seed, cfg.data.shuffle_buffer)),
                     scalars=lambda out: {k: float(v) for k, v in out.items()},
                     validate=validate, config_json=cfg.model_dump(mode="json"),
                     batch_name=f"batch of {cfg.data.batch_size} clips")

@@ -33,6 +33,17 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def epoch_batches(source, batch_size: int, epoch: int | None = None, seed: int = 0,
+                  shuffle_buffer: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of CPU tensor batches from a Ray dataset or dataset shard. With ``epoch`` (training): full
+    batches only, shuffled by a local buffer seeded with ``seed + epoch`` (reproducible, so a resumed run can
+    replay its position); without it (validation): every row in order."""
+    shuffle = shuffle_buffer if epoch is not None and shuffle_buffer else None
+    yield from source.iter_torch_batches(batch_size=batch_size, drop_last=epoch is not None, dtypes=None,
+                                         device="cpu", local_shuffle_buffer_size=shuffle,
+                                         local_shuffle_seed=seed + epoch if shuffle else None)
+
+
 def fmt_time(seconds: float) -> str:
     if seconds == float("inf"):
         return "?"

@@ -7,24 +7,16 @@ EMA model on the geofenced val split next to the best constant-velocity predicto
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from gaia2.flow.tasks import TASK_NAMES
 from gaia2.world_model.train_config import WorldModelTrainConfig
 from gaia2.world_model.trainer import TAU_EDGES
-from jobs.train_loop import STATE_FILE, LoopSpec, run_loop, say
+from jobs.train_loop import STATE_FILE, LoopSpec, epoch_batches, run_loop, say
 
 __all__ = ["STATE_FILE", "train_loop"]
-
-
-def _batches(shard, batch_size: int, epoch: int | None = None, seed: int = 0, buffer: int = 0,
-             drop_last: bool = True) -> Iterator[dict[str, torch.Tensor]]:
-    shuffle = buffer if epoch is not None and buffer else None
-    yield from shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last, dtypes=None, device="cpu",
-                                        local_shuffle_buffer_size=shuffle,
-                                        local_shuffle_seed=seed + epoch if shuffle else None)
 
 
 def scalars(out: dict) -> dict[str, float]:
@@ -62,7 +54,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 or sharded else None   # FSDP: all ranks validate
 
     def validate() -> dict[str, float]:
-        m = trainer.evaluate(_batches(val_shard, cfg.data.batch_size, drop_last=False),
+        m = trainer.evaluate(epoch_batches(val_shard, cfg.data.batch_size),
                              max_samples=cfg.data.val_samples)
         out = {f"val_{k}": v for k, v in m.items()}
         if log is None:
@@ -76,7 +68,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     global_batch = cfg.data.batch_size * world
     spec = LoopSpec(tag="world-model", total=cfg.total_steps, log_every=s.log_every, val_every=s.val_every,
                     checkpoint_every=s.checkpoint_every, global_batch=global_batch,
-                    batches=lambda epoch: _batches(train_shard, cfg.data.batch_size, epoch, cfg.seed,
+                    batches=lambda epoch: epoch_batches(train_shard, cfg.data.batch_size, epoch, cfg.seed,
                                                    cfg.data.shuffle_buffer),
                     scalars=scalars, validate=validate, config_json=cfg.model_dump(mode="json"),
                     batch_name=f"batch of {cfg.data.batch_size} samples", tokens_per_sample=cfg.model.tokens)
