@@ -3,9 +3,17 @@ import math
 import pytest
 import torch
 
-from gaia2.flow import (CONTEXT, INPAINT, LATENT_STD, SCRATCH, TaskSampler, TauSampler, build_inputs, denormalize,
-                        euler_sample, flow_loss, grouped_sums, interpolate, linear_quadratic_schedule, normalize,
-                        step_tau, tau_buckets, truncate_schedule, velocity_target)
+from gaia2.flow import (CONTEXT, INPAINT, SCRATCH, TaskSampler, TauSampler, build_inputs, denormalize, euler_sample,
+                        flow_loss, grouped_sums, interpolate, linear_quadratic_schedule, normalize, step_tau,
+                        tau_buckets, truncate_schedule, velocity_target)
+from gaia2.world_model import train_config
+
+PAPER = train_config.paper().flow   # the paper's tau mixture, task probabilities and latent statistics
+PAPER_TAU = dict(weights=PAPER.tau_weights, means=PAPER.tau_means, stds=PAPER.tau_stds)
+
+
+def paper_tasks() -> TaskSampler:
+    return TaskSampler(PAPER.p_scratch, PAPER.p_context, PAPER.p_inpaint)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -21,7 +29,7 @@ def normal_cdf(z: float) -> float:
 
 def test_tau_sampler_has_the_paper_mixture_weights_and_per_mode_moments():
     n = 200_000
-    tau, mode = TauSampler().sample_with_modes(n, gen(0))
+    tau, mode = TauSampler(**PAPER_TAU).sample_with_modes(n, gen(0))
     assert tau.shape == (n,) and tau.dtype == torch.float32
     assert bool(((tau > 0) & (tau < 1)).all())
     # mode frequency: standard error sqrt(0.16 / n) ~ 0.0009
@@ -34,7 +42,7 @@ def test_tau_sampler_has_the_paper_mixture_weights_and_per_mode_moments():
 
 
 def test_tau_sampler_is_deterministic_and_mass_matches_the_closed_form_cdf():
-    s = TauSampler()
+    s = TauSampler(**PAPER_TAU)
     assert torch.equal(s.sample(1000, gen(3)), s.sample(1000, gen(3)))
     assert not torch.equal(s.sample(1000, gen(3)), s.sample(1000, gen(4)))
     tau = s.sample(200_000, gen(1))
@@ -56,7 +64,7 @@ def test_tau_sampler_is_deterministic_and_mass_matches_the_closed_form_cdf():
                                            (dict(means=(0.0,)), "same length")])
 def test_tau_sampler_rejects_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        TauSampler(**kwargs)
+        TauSampler(**{**PAPER_TAU, **kwargs})
 
 
 # --- objective ------------------------------------------------------------------------------------------------
@@ -116,7 +124,7 @@ def test_tau_buckets_and_grouped_sums():
 
 def test_task_frequencies_context_lengths_and_masks():
     B, T, N, H, W = 20_000, 6, 2, 4, 8
-    batch = TaskSampler().sample(B, T, N, H, W, gen(0))
+    batch = paper_tasks().sample(B, T, N, H, W, gen(0))
     task, clean, ctx = batch
     assert clean.shape == (B, T, N, H, W) and clean.dtype == torch.bool
     freq = torch.bincount(task, minlength=3).float() / B
@@ -153,17 +161,17 @@ def test_inpainting_generates_one_rectangle_per_camera_constant_in_time():
 
 
 def test_task_sampler_is_deterministic_and_consumes_a_fixed_amount_of_randomness():
-    a = TaskSampler().sample(64, 4, 2, 3, 5, gen(7))
-    b = TaskSampler().sample(64, 4, 2, 3, 5, gen(7))
+    a = paper_tasks().sample(64, 4, 2, 3, 5, gen(7))
+    b = paper_tasks().sample(64, 4, 2, 3, 5, gen(7))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     g1, g2 = gen(9), gen(9)
-    TaskSampler().sample(16, 4, 2, 3, 5, g1)
+    paper_tasks().sample(16, 4, 2, 3, 5, g1)
     TaskSampler(1.0, 0.0, 0.0).sample(16, 4, 2, 3, 5, g2)
     assert torch.equal(g1.get_state(), g2.get_state())
     with pytest.raises(ValueError, match="sum to 1"):
         TaskSampler(0.5, 0.2, 0.1)
     with pytest.raises(ValueError, match="T >= 2"):
-        TaskSampler().sample(4, 1, 2, 3, 5, gen(0))
+        paper_tasks().sample(4, 1, 2, 3, 5, gen(0))
 
 
 def test_build_inputs_keeps_clean_latents_and_sets_tau_one_on_context_steps():
@@ -263,8 +271,10 @@ def test_euler_keeps_clean_latents_fixed_and_marks_context_steps_tau_one():
 
 def test_normalisation_round_trip():
     x = torch.tensor([0.0, 0.32, -0.64])
-    assert normalize(x).tolist() == pytest.approx([0.0, 1.0, -2.0])
-    assert torch.allclose(denormalize(normalize(x)), x)
-    assert LATENT_STD == 0.32
+    assert (PAPER.latent_mean, PAPER.latent_std) == (0.0, 0.32)
+    stats = (PAPER.latent_mean, PAPER.latent_std)
+    assert normalize(x, *stats).tolist() == pytest.approx([0.0, 1.0, -2.0])
+    assert torch.allclose(denormalize(normalize(x, *stats), *stats), x)
+    assert normalize(x, 0.32, 0.32).tolist() == pytest.approx([-1.0, 0.0, -3.0])
     with pytest.raises(ValueError, match="std"):
-        normalize(x, std=0.0)
+        normalize(x, 0.0, std=0.0)

@@ -47,3 +47,5 @@ def test_ema_follows_the_closed_form():
     assert clone.decay == 0.9 and all(torch.equal(a, b) for a, b in zip(clone.model.parameters(), ema.model.parameters()))
     with pytest.raises(ValueError, match="decay"):
         EMA(model, decay=1.0)
+    with pytest.raises(TypeError, match="decay"):
+        EMA(model)   # no default: the decay comes from the training config (optim.ema_decay)

@@ -11,8 +11,6 @@ from torch.nn.utils import parametrize
 
 from gaia2.config.base import ConfigError
 from gaia2.tokenizer.discriminator import (
-    DISCRIMINATOR_LR,
-    GAN_WEIGHT,
     BlurPool3d,
     Discriminator3D,
     blur_kernel_3d,
@@ -22,6 +20,7 @@ from gaia2.tokenizer.discriminator import (
     paper,
     tiny,
 )
+from gaia2.tokenizer import train_config
 
 
 def noise_video(b: int = 2, t: int = 8, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -40,8 +39,9 @@ def smooth_video(b: int = 2, t: int = 8, h: int = 32, w: int = 32, seed: int = 0
     return torch.sin(arg)
 
 
-def test_constants_and_presets() -> None:
-    assert GAN_WEIGHT == 0.1 and DISCRIMINATOR_LR == 1e-5
+def test_paper_gan_settings_and_presets() -> None:
+    gan = train_config.paper().gan   # the paper's fine-tune: weight 0.1, discriminator lr 1e-5 (section 4)
+    assert gan.weight == 0.1 and gan.disc_lr == 1e-5
     p = paper()
     assert p.base_channels == 64 and p.multipliers == (2, 4, 8, 8) and p.leaky_slope == 0.2
     assert p.stage_channels == (128, 256, 512, 512) and p.downsample_factor == 16
@@ -169,7 +169,7 @@ def test_losses_closed_forms() -> None:
 def test_discriminator_learns_smooth_vs_noise() -> None:
     torch.manual_seed(0)
     disc = Discriminator3D(tiny()).train()
-    # A faster learning rate than DISCRIMINATOR_LR so that a handful of steps is enough.
+    # Faster than the paper preset's gan.disc_lr (1e-5) so that a handful of steps is enough.
     opt = torch.optim.Adam(disc.parameters(), lr=2e-3)
     eval_real, eval_fake = smooth_video(seed=100), noise_video(seed=100)
 

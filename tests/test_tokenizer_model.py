@@ -148,6 +148,34 @@ def test_activation_checkpointing_gives_same_gradients() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_blocks_keep_their_parameter_names_and_match_the_written_out_factorisation() -> None:
+    """Saved tokenizers load by these names. Reference: spatial attention over each frame's H*W tokens,
+    temporal attention over each position's T tokens, then the MLP; each pre-norm and residual."""
+    from einops import rearrange
+
+    from gaia2.tokenizer.blocks import SpaceTimeBlock, SpatialBlock
+
+    torch.manual_seed(0)
+    sp, st = SpatialBlock(16, 2, 2.0), SpaceTimeBlock(16, 2, 2.0)
+    assert [k for k in sp.state_dict() if k.endswith("weight")] == [
+        "norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight", "mlp.fc1.weight", "mlp.fc2.weight"]
+    assert [k.split(".")[0] for k in st.state_dict() if k.endswith("weight")] == [
+        "norm_s", "attn_s", "attn_s", "norm_t", "attn_t", "attn_t", "norm_m", "mlp", "mlp"]
+    x = torch.randn(2, 3, 4, 5, 16)
+    b, _, h, _, _ = x.shape
+    with torch.no_grad():
+        r = rearrange(x, "b t h w c -> (b t) (h w) c")
+        r = r + sp.attn(sp.norm1(r))
+        r = r + sp.mlp(sp.norm2(r))
+        torch.testing.assert_close(sp(x), rearrange(r, "(b t) (h w) c -> b t h w c", b=b, h=h))
+        r = rearrange(x, "b t h w c -> (b t) (h w) c")
+        r = r + st.attn_s(st.norm_s(r))
+        r = rearrange(r, "(b t) (h w) c -> (b h w) t c", b=b, h=h)
+        r = r + st.attn_t(st.norm_t(r))
+        r = r + st.mlp(st.norm_m(r))
+        torch.testing.assert_close(st(x), rearrange(r, "(b h w) t c -> b t h w c", b=b, h=h))
+
+
 def test_paper_describe_matches_paper() -> None:
     d = describe("paper")
     assert abs(d["encoder_params"] / 85e6 - 1) < 0.10, d["encoder_params"]

@@ -1,5 +1,6 @@
-"""Training tasks (paper §4: 70% from scratch, 20% context, 10% spatial inpainting) and the model inputs
-they imply (paper §2.2.2: context latents unchanged, the rest interpolated with noise).
+"""Training tasks (paper §4: 70% from scratch, 20% context, 10% spatial inpainting; the probabilities come
+from the training config's ``flow``) and the model inputs they imply (paper §2.2.2: context latents
+unchanged, the rest interpolated with noise).
 
 A task is expressed as a ``clean_mask`` (B, T, N, H, W) bool over the latent grid: True = the latent is given
 clean (not noised, not in the loss), False = it is generated.
@@ -45,7 +46,7 @@ class TaskSampler:
     continues exactly.
     """
 
-    def __init__(self, p_scratch: float = 0.7, p_context: float = 0.2, p_inpaint: float = 0.1) -> None:
+    def __init__(self, p_scratch: float, p_context: float, p_inpaint: float) -> None:
         probs = (p_scratch, p_context, p_inpaint)
         if any(not p >= 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"TaskSampler: p_scratch, p_context, p_inpaint must be >= 0 and sum to 1 (got {probs})")

@@ -1,8 +1,9 @@
 """Flow-matching time distribution (paper §2.2.4): a bimodal logit-normal.
 
 Convention (paper eq. 1): tau = 1 is data, tau = 0 is pure noise. A draw picks a mode k with probability
-``weights[k]``, samples z ~ N(means[k], stds[k]) and returns tau = sigmoid(z). The paper's modes:
-0.8 x N(0.5, 1.4) (mostly low-to-moderate noise) and 0.2 x N(-3.0, 1.0) (tau near 0, nearly pure noise).
+``weights[k]``, samples z ~ N(means[k], stds[k]) and returns tau = sigmoid(z). The paper's modes (``flow``
+of the world model's paper training preset): 0.8 x N(0.5, 1.4) (mostly low-to-moderate noise) and
+0.2 x N(-3.0, 1.0) (tau near 0, nearly pure noise).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ TAU_EPS = 1e-6
 class TauSampler:
     """Mixture of logit-normals over tau in (0, 1); deterministic given a ``torch.Generator``."""
 
-    def __init__(self, weights: Sequence[float] = (0.8, 0.2), means: Sequence[float] = (0.5, -3.0),
-                 stds: Sequence[float] = (1.4, 1.0)) -> None:
+    def __init__(self, weights: Sequence[float], means: Sequence[float], stds: Sequence[float]) -> None:
         if not (len(weights) == len(means) == len(stds) >= 1):
             raise ValueError(f"TauSampler: weights, means and stds need the same length >= 1 "
                              f"(got {len(weights)}, {len(means)}, {len(stds)})")

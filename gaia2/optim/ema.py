@@ -1,5 +1,5 @@
-"""Exponential moving average of a model's parameters (decay 0.9999 in the paper), used for evaluation
-and export. Buffers (e.g. norm statistics) are copied, not averaged."""
+"""Exponential moving average of a model's parameters, used for evaluation and export. Buffers (e.g. norm
+statistics) are copied, not averaged. The decay comes from the training config (``optim.ema_decay``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay: must be in [0, 1), got {decay}")
         self.decay = decay

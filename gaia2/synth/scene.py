@@ -9,7 +9,7 @@ the clips before it in the drive to start where the previous one ended (pose, sp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 import numpy as np
@@ -70,7 +70,18 @@ class Prop:
 
 
 @dataclass(frozen=True)
-class ClipPlan:
+class RoadPlan:
+    """What a clip's road and ego motion are: shared by the full plan and the cheap motion chain."""
+    metadata: dict[str, str | None]
+    road_type: str
+    layout: RoadLayout
+    centre: Centreline
+    ego: EgoMotion
+    junction: Junction | None
+
+
+@dataclass(frozen=True)
+class ClipPlan(RoadPlan):
     seed: int
     index: int
     clip_id: str
@@ -78,12 +89,6 @@ class ClipPlan:
     rig: Rig
     start_time_s: float
     duration_s: float
-    metadata: dict[str, str | None]
-    road_type: str
-    layout: RoadLayout
-    centre: Centreline
-    ego: EgoMotion
-    junction: Junction | None
     agents: tuple[Agent, ...]
     props: tuple[Prop, ...]
     look: Look
@@ -139,14 +144,8 @@ def drive_of(seed: int, drive: int, country: str | None = None) -> Drive:
 
 
 @dataclass(frozen=True)
-class _Motion:
+class _Motion(RoadPlan):
     """The cheap part of a plan: enough to chain the next clip of the drive."""
-    metadata: dict[str, str | None]
-    road_type: str
-    layout: RoadLayout
-    centre: Centreline
-    ego: EgoMotion
-    junction: Junction | None
     stopping: bool
     world_start: tuple[float, float, float]
     drive: Drive
@@ -254,8 +253,10 @@ def plan_clip(seed: int, index: int, duration_s: float = 4.0,
     props = _props(rng_look, m, float(ego_centre_s[-1]))
     look = build_look(rng_look, meta["time_of_day"] or "day", meta["weather"] or "clear", m.road_type)
     start = drive.start_time_s + pos * duration_s
-    return ClipPlan(seed, index, clip_id, drive_id, drive.rig, round(start, 6), duration_s, meta, m.road_type,
-                    m.layout, m.centre, m.ego, j, agents, props, look, m.world_start, drive.origin_latlon)
+    road = {f.name: getattr(m, f.name) for f in fields(RoadPlan)}
+    return ClipPlan(**road, seed=seed, index=index, clip_id=clip_id, drive_id=drive_id, rig=drive.rig,
+                    start_time_s=round(start, 6), duration_s=duration_s, agents=agents, props=props, look=look,
+                    world_start=m.world_start, origin_latlon=drive.origin_latlon)
 
 
 _POLE = (0.22, 0.22, 0.24)

@@ -2,11 +2,11 @@
 Gaussian latents; 8 frames -> 1 latent, 32x spatial down-sampling in the ``paper`` preset."""
 
 from gaia2.tokenizer.config import TokenizerConfig, paper, tiny, tokenizer_config
-from gaia2.tokenizer.discriminator import (DISCRIMINATOR_LR, GAN_WEIGHT, Discriminator3D, DiscriminatorConfig,
-                                           discriminator_loss, generator_adversarial_loss)
+from gaia2.tokenizer.discriminator import (Discriminator3D, DiscriminatorConfig, discriminator_loss,
+                                           generator_adversarial_loss)
 from gaia2.tokenizer.losses import LossWeights, TokenizerLoss, kl_divergence
 from gaia2.tokenizer.model import Tokenizer, describe, rolling_windows
 
-__all__ = ["DISCRIMINATOR_LR", "Discriminator3D", "DiscriminatorConfig", "GAN_WEIGHT", "LossWeights", "Tokenizer",
-           "TokenizerConfig", "TokenizerLoss", "describe", "discriminator_loss", "generator_adversarial_loss",
-           "kl_divergence", "paper", "rolling_windows", "tiny", "tokenizer_config"]
+__all__ = ["Discriminator3D", "DiscriminatorConfig", "LossWeights", "Tokenizer", "TokenizerConfig", "TokenizerLoss",
+           "describe", "discriminator_loss", "generator_adversarial_loss", "kl_divergence", "paper", "rolling_windows",
+           "tiny", "tokenizer_config"]

@@ -1,5 +1,5 @@
-"""Building blocks of the tokenizer: attention, MLP, spatial and space-time transformer blocks,
-down/up-sampling convolutions, sinusoidal position encodings.
+"""Building blocks of the tokenizer: attention, spatial and space-time transformer blocks, down/up-sampling
+convolutions. The MLP and the sinusoidal position encodings are shared with the world model (``gaia2.nn``).
 
 Transformer blocks take channels-last tokens; convolutions take channels-first video
 (B, C, T, H, W), as ``torch.nn.Conv3d`` does.
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gaia2.nn import MLP, sincos_2d, sincos_3d
 from gaia2.tokenizer.config import Stride
+
+# sincos_2d and sincos_3d are re-exported: the encoder and decoder import them from here.
+__all__ = ["Attention", "DownConv", "SpaceTimeBlock", "SpatialBlock", "UpConv", "attend_space", "attend_time",
+           "sincos_2d", "sincos_3d"]
 
 
 class Attention(nn.Module):
@@ -32,17 +36,18 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class MLP(nn.Module):
-    """(..., C) -> (..., C) through a hidden layer of ``ratio * C`` with GELU."""
+def attend_space(attn: nn.Module, x: Tensor) -> Tensor:
+    """``attn`` within each frame: x (B, T, H, W, C) -> same shape (attention over the H*W tokens)."""
+    b, t, h, w, _ = x.shape
+    out = attn(rearrange(x, "b t h w c -> (b t) (h w) c"))
+    return rearrange(out, "(b t) (h w) c -> b t h w c", b=b, t=t, h=h, w=w)
 
-    def __init__(self, dim: int, ratio: float) -> None:
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+def attend_time(attn: nn.Module, x: Tensor) -> Tensor:
+    """``attn`` along time at each pixel position: x (B, T, H, W, C) -> same shape (over the T tokens)."""
+    b, t, h, w, _ = x.shape
+    out = attn(rearrange(x, "b t h w c -> (b h w) t c"))
+    return rearrange(out, "(b h w) t c -> b t h w c", b=b, h=h, w=w)
 
 
 class SpatialBlock(nn.Module):
@@ -50,17 +55,12 @@ class SpatialBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio, approximate="none")
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, h, w, _ = x.shape
-        x = rearrange(x, "b t h w c -> (b t) (h w) c")
-        x = x + self.attn(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
-        return rearrange(x, "(b t) (h w) c -> b t h w c", b=b, t=t, h=h, w=w)
+        x = x + attend_space(self.attn, self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 class SpaceTimeBlock(nn.Module):
@@ -69,21 +69,14 @@ class SpaceTimeBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm_s = nn.LayerNorm(dim)
-        self.attn_s = Attention(dim, heads)
-        self.norm_t = nn.LayerNorm(dim)
-        self.attn_t = Attention(dim, heads)
-        self.norm_m = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio)
+        self.norm_s, self.attn_s = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm_t, self.attn_t = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm_m, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio, approximate="none")
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, h, w, _ = x.shape
-        x = rearrange(x, "b t h w c -> (b t) (h w) c")
-        x = x + self.attn_s(self.norm_s(x))
-        x = rearrange(x, "(b t) (h w) c -> (b h w) t c", b=b, t=t, h=h, w=w)
-        x = x + self.attn_t(self.norm_t(x))
-        x = x + self.mlp(self.norm_m(x))
-        return rearrange(x, "(b h w) t c -> b t h w c", b=b, h=h, w=w)
+        x = x + attend_space(self.attn_s, self.norm_s(x))
+        x = x + attend_time(self.attn_t, self.norm_t(x))
+        return x + self.mlp(self.norm_m(x))
 
 
 class DownConv(nn.Module):
@@ -119,25 +112,3 @@ class UpConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         st, sh, sw = self.stride
         return rearrange(self.conv(x), "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)", st=st, sh=sh, sw=sw)
-
-
-def sincos_1d(positions: Tensor, dim: int) -> Tensor:
-    """positions (N,) -> (N, dim) = [sin(p w_k), cos(p w_k)], w_k = 10000^(-k / (dim/2)), k < dim/2."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def sincos_2d(h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """(H, W, dim): the first dim/2 channels encode the row, the last dim/2 the column."""
-    rows = sincos_1d(torch.arange(h, device=device), dim // 2)     # (H, dim/2)
-    cols = sincos_1d(torch.arange(w, device=device), dim // 2)     # (W, dim/2)
-    return torch.cat([rows[:, None].expand(h, w, -1), cols[None].expand(h, w, -1)], dim=-1)
-
-
-def sincos_3d(t: int, h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """(T, H, W, dim): 2-D spatial encoding plus a 1-D encoding of the frame index (summed, so the
-    width stays ``dim``)."""
-    times = sincos_1d(torch.arange(t, device=device), dim)         # (T, dim)
-    return sincos_2d(h, w, dim, device)[None] + times[:, None, None]

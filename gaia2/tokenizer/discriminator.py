@@ -1,12 +1,13 @@
 """3-D convolutional GAN discriminator for the tokenizer's decoder fine-tune (GAIA-2 section 2.1.3).
 
 After the autoencoder is trained, the encoder is frozen and the decoder is fine-tuned with the
-reconstruction losses plus ``GAN_WEIGHT`` times the non-saturating GAN loss of this discriminator,
-which is itself trained with AdamW at ``DISCRIMINATOR_LR`` (paper section 4). The architecture
-follows the paper: base 64 channels, residual 3-D conv stages with channel multipliers
-[2, 4, 8, 8], each downsampling by 2 in time and space with 3-D blur pooling (Zhang 2019), 3-D
-instance norm, LeakyReLU 0.2, spectral norm on every conv, softplus losses. It outputs patch
-logits: one real/fake score per space-time receptive field, not one per video.
+reconstruction losses plus ``gan.weight`` times the non-saturating GAN loss of this discriminator,
+which is itself trained with AdamW at ``gan.disc_lr`` (the training config's ``GanConfig``; the paper
+preset's 0.1 and 1e-5, paper section 4). The architecture follows the paper: base 64 channels,
+residual 3-D conv stages with channel multipliers [2, 4, 8, 8], each downsampling by 2 in time and
+space with 3-D blur pooling (Zhang 2019), 3-D instance norm, LeakyReLU 0.2, spectral norm on every
+conv, softplus losses. It outputs patch logits: one real/fake score per space-time receptive field,
+not one per video.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from gaia2.config.base import StrictModel, build_config
-
-GAN_WEIGHT = 0.1           # weight of generator_adversarial_loss in the decoder fine-tune loss
-DISCRIMINATOR_LR = 1e-5    # discriminator learning rate (paper section 4)
 
 
 class DiscriminatorConfig(StrictModel):
@@ -161,5 +159,5 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 def generator_adversarial_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss -log sigmoid(fake) = mean softplus(-fake). Logits -> scalar;
-    the decoder's fine-tune loss adds ``GAN_WEIGHT`` times this."""
+    the decoder's fine-tune loss adds ``gan.weight`` times this."""
     return F.softplus(-fake_logits).mean()

@@ -104,7 +104,7 @@ class LPIPSLoss(_Frozen):
     ``FileNotFoundError`` naming the expected path before lpips could try to download it.
     """
 
-    def __init__(self, net: LpipsNet = "alex", torch_home: str | None = None) -> None:
+    def __init__(self, net: LpipsNet, torch_home: str | None = None) -> None:
         super().__init__()
         import lpips
 

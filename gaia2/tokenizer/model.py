@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gaia2.tokenizer.blocks import MLP, Attention
+from gaia2.nn import MLP
+from gaia2.tokenizer.blocks import Attention
 from gaia2.tokenizer.config import TokenizerConfig, tokenizer_config
 from gaia2.tokenizer.decoder import Decoder
 from gaia2.tokenizer.encoder import Encoder

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from gaia2.nn import MLP as SharedMLP
 
 
 class QKNormAttention(nn.Module):
@@ -44,17 +45,11 @@ class QKNormAttention(nn.Module):
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))
 
 
-class MLP(nn.Module):
-    """(..., C) -> (..., C) through ``ratio * C`` hidden units with tanh-approximated GELU."""
+class MLP(SharedMLP):
+    """The world model's MLP: ``gaia2.nn.MLP`` with tanh-approximated GELU (DiT's), (..., C) -> (..., C)."""
 
     def __init__(self, dim: int, ratio: float) -> None:
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        super().__init__(dim, ratio, approximate="tanh")
 
 
 class AdaLNModulation(nn.Module):
@@ -73,11 +68,3 @@ class AdaLNModulation(nn.Module):
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
-
-
-def sinusoidal(values: Tensor, frequencies: int, max_period: float = 10000.0) -> Tensor:
-    """values (...,) -> (..., 2 * frequencies): [cos(v w_k), sin(v w_k)] with w_k = max_period^(-k/frequencies)."""
-    k = torch.arange(frequencies, device=values.device, dtype=torch.float32)
-    w = torch.exp(-torch.log(torch.tensor(max_period)) * k / frequencies).to(values.device)
-    angles = values.float()[..., None] * w
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)

@@ -16,9 +16,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gaia2.conditioning.encoder import ConditioningConfig, ConditioningEncoder
+from gaia2.nn import sinusoidal
 from gaia2.world_model.block import SpaceTimeBlock
 from gaia2.world_model.config import WorldModelConfig
-from gaia2.world_model.layers import AdaLNModulation, QKNormAttention, modulate, sinusoidal
+from gaia2.world_model.layers import AdaLNModulation, QKNormAttention, modulate
 from gaia2.world_model.positional import PositionalEncoding
 
 

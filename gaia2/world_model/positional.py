@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gaia2.tokenizer.blocks import sincos_2d
+from gaia2.nn import sincos_2d
 from gaia2.world_model.config import WorldModelConfig
 
 
@@ -64,11 +64,6 @@ class CameraEncoding(nn.Module):
                 + self.distortion(distortion.to(dtype)))
 
 
-def spatial_encoding(height: int, width: int, dim: int, device: torch.device) -> Tensor:
-    """(H, W, C) fixed 2-D sinusoids."""
-    return sincos_2d(height, width, dim, device)
-
-
 class PositionalEncoding(nn.Module):
     """All three encodings summed, broadcast to the token grid: (B, T, N, H, W, C)."""
 
@@ -81,5 +76,5 @@ class PositionalEncoding(nn.Module):
     def forward(self, seconds: Tensor, camera: dict[str, Tensor], height: int, width: int) -> Tensor:
         time = self.timestamp(seconds)                                               # (B, T, C)
         cam = self.camera(camera["intrinsics"], camera["extrinsics"], camera["distortion"])   # (B, N, C)
-        space = spatial_encoding(height, width, self.cfg.dim, time.device).to(time.dtype)    # (H, W, C)
+        space = sincos_2d(height, width, self.cfg.dim, time.device).to(time.dtype)          # (H, W, C)
         return time[:, :, None, None, None] + cam[:, None, :, None, None] + space
