@@ -1,6 +1,6 @@
 """Ray job: build balanced, geofenced WebDataset shards from a clip source.
 
-    python -m jobs.build_shards --source CLIPS --out SHARDS [--config FILE] [--preset tiny] [--seed S]
+    python -m jobs.build_shards --source CLIPS --out SHARDS [--preset tiny|paper] [--config FILE] [--set a.b=value ...]
     ray job submit --working-dir . -- python -m jobs.build_shards --source s3://... --out s3://...
 
 Each build is one MLflow run (experiment ``shards``); re-running onto the same output resumes it.
@@ -8,37 +8,42 @@ Each build is one MLflow run (experiment ``shards``); re-running onto the same o
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Sequence
 
-from gaia2.config.base import ConfigError
-from gaia2.config.shards import ShardBuildConfig, load_shard_config
+from pydantic import Field
+
+from gaia2.config.base import ConfigError, StrictModel, build_config
+from gaia2.config.shards import PRESETS, ShardBuildConfig
+from jobs.options import Alias, Command
 
 EXPERIMENT = "shards"
-RUN_FILE = "mlflow_run.json"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="clip directory (<root>/<clip_id>/clip.json) or .parquet manifest")
-    p.add_argument("--out", required=True, help="output directory for shards, manifest, rejects, report")
-    p.add_argument("--config", help="YAML overrides on top of the preset (may name its own `preset:`)")
-    p.add_argument("--preset", help="config preset: tiny (default) or paper")
-    p.add_argument("--seed", type=int, help="selection seed (balancing draws)")
-    p.add_argument("--clip-path", help="local CLIP vision model directory (overrides embedding.clip_path)")
-    p.add_argument("--workdir", default=os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
-                   help="where the local MLflow database and artifacts live (default: ./gaia2-work)")
+class BuildJob(StrictModel):
+    source: str | None = Field(None, description="clip directory (<root>/<clip_id>/clip.json) or .parquet manifest")
+    out: str | None = Field(None, description="output directory for shards, manifest, rejects, report")
+    workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
+                         description="local MLflow database and artifacts")
 
 
-def resolve_config(args: argparse.Namespace) -> ShardBuildConfig:
-    overrides: dict = {}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.clip_path:
-        overrides.setdefault("embedding", {})["clip_path"] = args.clip_path
-    cfg = load_shard_config(preset=args.preset, path=args.config, overrides=overrides)
+class BuildShardsConfig(ShardBuildConfig):
+    """The shard build's config (``gaia2.config.shards``) plus where it reads and writes (``job``)."""
+    job: BuildJob = Field(default_factory=BuildJob)
+
+    def build(self) -> ShardBuildConfig:
+        """What the pipeline builds with (and fingerprints for resume): everything but ``job``."""
+        return ShardBuildConfig.model_validate(self.model_dump(exclude={"job"}))
+
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None
+                ) -> BuildShardsConfig:
+    presets = {name: (lambda fn=fn: BuildShardsConfig.model_validate(fn().model_dump())) for name, fn in PRESETS.items()}
+    cfg = build_config(BuildShardsConfig, presets, preset=preset, overrides=overrides, path=path)
+    for field in ("source", "out"):
+        if not getattr(cfg.job, field):
+            raise ConfigError(f"job.{field}: required (pass --{field})")
     if not cfg.embedding.clip_path:
         raise ConfigError("embedding.clip_path: required (a local directory with a transformers CLIP vision "
                           "model); pass --clip-path or set it in --config")
@@ -49,29 +54,22 @@ def resolve_config(args: argparse.Namespace) -> ShardBuildConfig:
     return cfg
 
 
-def run(source: str, out: str, cfg: ShardBuildConfig, workdir: str):
+def run(cfg: BuildShardsConfig):
     """Build with tracking; returns (BuildResult, MLflow run id)."""
     import mlflow
 
     from jobs.runtime import init_ray
-    from jobs.tracking import log_config, mlflow_run
+    from jobs.tracking import log_config, output_run
     from pipelines.shards.build import build_shards
 
-    run_file = os.path.join(out, RUN_FILE)
-    previous = None
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            previous = json.load(f).get("run_id")
+    source, out, workdir = cfg.job.source, cfg.job.out, cfg.job.workdir
+    build = cfg.build()
     init_ray()
-    with mlflow_run(EXPERIMENT, workdir, run_name=f"shards-{os.path.basename(os.path.abspath(out))}",
-                    run_id=previous) as active:
-        os.makedirs(out, exist_ok=True)
-        with open(run_file, "w") as f:
-            json.dump({"run_id": active.info.run_id}, f)
-        if previous is None:
-            log_config(cfg.model_dump())
+    with output_run(EXPERIMENT, workdir, out) as (active, new):
+        if new:
+            log_config(build.model_dump())
             mlflow.log_params({"source": source, "out": os.path.abspath(out)})
-        result = build_shards(source, out, cfg)
+        result = build_shards(source, out, build)
         report = result.report
         metrics = {f"count.{k}": v for k, v in report["accounting"].items()}
         metrics.update({f"split.{k}": v for k, v in report["splits"].items()})
@@ -104,25 +102,30 @@ def summary(result, run_id: str, workdir: str) -> str:
     ])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.build_shards", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return execute(args)
+def _work(cfg: BuildShardsConfig) -> str:
+    result, run_id = run(cfg)
+    return summary(result, run_id, cfg.job.workdir)
 
 
-def execute(args: argparse.Namespace) -> int:
+def _input_errors() -> tuple[type[Exception], ...]:
     from pipelines.shards.build import OutputConflict
     from pipelines.shards.sources import SourceError
 
-    try:
-        cfg = resolve_config(args)
-        result, run_id = run(args.source, args.out, cfg, args.workdir)
-    except (ConfigError, SourceError, OutputConflict) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary(result, run_id, args.workdir))
-    return 0
+    return SourceError, OutputConflict
+
+
+COMMAND = Command(
+    prog="python -m jobs.build_shards", description=__doc__.splitlines()[0],
+    aliases=(Alias("--source", "job.source", "clip directory or .parquet manifest"),
+             Alias("--out", "job.out", "output directory"),
+             Alias("--workdir", "job.workdir", "local MLflow database and artifacts"),
+             Alias("--seed", "seed", "selection seed (balancing draws)", int),
+             Alias("--clip-path", "embedding.clip_path", "local CLIP vision model directory")),
+    presets=tuple(PRESETS), build=load_config, work=_work, input_errors=_input_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

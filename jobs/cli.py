@@ -37,12 +37,6 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shards_build(args: argparse.Namespace) -> int:
-    from jobs.build_shards import execute
-
-    return execute(args)
-
-
 def _shards_manifest(args: argparse.Namespace) -> int:
     from pipelines.shards.sources import write_manifest
 
@@ -61,30 +55,15 @@ def _shards_verify(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-def _train_tokenizer(args: argparse.Namespace) -> int:
-    from jobs.train_tokenizer import execute
-
-    return execute(args)
-
-
-def _train_world_model(args: argparse.Namespace) -> int:
-    from jobs.train_world_model import execute
-
-    return execute(args)
-
-
-def _encode_latents(args: argparse.Namespace) -> int:
-    from jobs.encode_latents import execute
-
-    return execute(args)
-
-
-def _describe_tokenizer(args: argparse.Namespace) -> int:
+def _describe(args: argparse.Namespace) -> int:
     import json
 
     from gaia2.config.base import ConfigError
-    from gaia2.tokenizer.model import describe
 
+    if args.model == "tokenizer":
+        from gaia2.tokenizer.model import describe
+    else:
+        from gaia2.world_model.describe import describe
     try:
         print(json.dumps(describe(args.preset), indent=1))
     except ConfigError as err:
@@ -93,24 +72,10 @@ def _describe_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_world_model(args: argparse.Namespace) -> int:
-    import json
-
-    from gaia2.config.base import ConfigError
-    from gaia2.world_model.describe import describe
-
-    try:
-        print(json.dumps(describe(args.preset), indent=1))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _quickstart(args: argparse.Namespace) -> int:
-    from jobs.quickstart import main as quickstart
-
-    return quickstart(args)
+def _add_command(sub, name: str, help: str, command) -> None:
+    p = sub.add_parser(name, help=help, description=command.description)
+    command.add_arguments(p)
+    p.set_defaults(fn=command.execute)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,11 +92,12 @@ def parser() -> argparse.ArgumentParser:
                    help="also write one broken clip per kind of bad input (unreadable, truncated, ...)")
     s.set_defaults(fn=_synth)
 
+    from jobs import build_shards, encode_latents
+    from jobs.specs import SPECS
+    from jobs.train_driver import command
+
     sh = sub.add_parser("shards", help="shard pipeline").add_subparsers(dest="shards_command", required=True)
-    b = sh.add_parser("build", help="build WebDataset shards from clips (a Ray Data job)")
-    from jobs.build_shards import add_arguments
-    add_arguments(b)
-    b.set_defaults(fn=_shards_build)
+    _add_command(sh, "build", "build WebDataset shards from clips (a Ray Data job)", build_shards.COMMAND)
     m = sh.add_parser("manifest", help="write a Parquet manifest for a clip directory")
     m.add_argument("--source", required=True)
     m.add_argument("--out", required=True)
@@ -142,38 +108,22 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=_shards_verify)
 
     tr = sub.add_parser("train", help="training jobs (Ray Train)").add_subparsers(dest="model", required=True)
-    tt = tr.add_parser("tokenizer", help="train the video tokenizer on shards, export and register its EMA weights")
-    from jobs.train_tokenizer import add_arguments as add_train_arguments
-    add_train_arguments(tt)
-    tt.set_defaults(fn=_train_tokenizer)
-    tw = tr.add_parser("world-model", help="train the latent world model on latent shards (flow matching)")
-    from jobs.train_world_model import add_arguments as add_world_model_arguments
-    add_world_model_arguments(tw)
-    tw.set_defaults(fn=_train_world_model)
+    for name, spec in SPECS.items():
+        _add_command(tr, name, f"train the {name}, export and register its EMA weights", command(spec))
 
-    e = sub.add_parser("encode-latents", help="encode a shard build's videos into latent shards with a tokenizer")
-    from jobs.encode_latents import add_arguments as add_latent_arguments
-    add_latent_arguments(e)
-    e.set_defaults(fn=_encode_latents)
+    _add_command(sub, "encode-latents", "encode a shard build's videos into latent shards with a tokenizer",
+                 encode_latents.COMMAND)
 
     d = sub.add_parser("describe", help="describe a model preset").add_subparsers(dest="model", required=True)
-    t = d.add_parser("tokenizer", help="video tokenizer: parameter counts, input/latent shapes, compression")
-    t.add_argument("--preset", default="paper")
-    t.set_defaults(fn=_describe_tokenizer)
-    w = d.add_parser("world-model", help="world model: parameter counts, tokens per sample, FLOPs per step")
-    w.add_argument("--preset", default="paper")
-    w.set_defaults(fn=_describe_world_model)
+    for name, what in (("tokenizer", "video tokenizer: parameter counts, input/latent shapes, compression"),
+                       ("world-model", "world model: parameter counts, tokens per sample, FLOPs per step")):
+        t = d.add_parser(name, help=what)
+        t.add_argument("--preset", default="paper")
+        t.set_defaults(fn=_describe)
 
-    q = sub.add_parser("quickstart", help="run the local pipeline end to end on synthetic data")
-    q.add_argument("--workdir", default="gaia2-quickstart")
-    q.add_argument("--clips", type=int, default=24)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--tokenizer-steps", type=int, default=200,
-                   help="tokenizer main-stage steps (default 200, about 4 minutes on 2 cores; the tiny preset "
-                        "has 300)")
-    q.add_argument("--world-model-steps", type=int, default=200,
-                   help="world-model steps (default 200; the tiny preset has 300)")
-    q.set_defaults(fn=_quickstart)
+    from jobs import quickstart
+
+    _add_command(sub, "quickstart", "run the local pipeline end to end on synthetic data", quickstart.COMMAND)
     return p
 
 

@@ -1,6 +1,7 @@
 """Ray job: encode a shard build's videos into latent shards with a trained tokenizer (world-model input).
 
-    python -m jobs.encode_latents --shards SHARDS --tokenizer TOKENIZER --out LATENTS [--mode sample|mean] [--seed S]
+    python -m jobs.encode_latents --shards SHARDS --tokenizer TOKENIZER --out LATENTS [--mode sample|mean]
+        [--preset tiny|paper] [--config FILE] [--set a.b=value ...]
     ray job submit --working-dir . -- python -m jobs.encode_latents --shards /mnt/shards \\
         --tokenizer /models/tokenizer --out /mnt/latents --num-gpus 1 --concurrency 8
 
@@ -9,43 +10,58 @@ Each job is one MLflow run (experiment ``latents``); re-running onto the same ou
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Sequence
 from urllib.parse import urlparse
 
-from gaia2.config.base import ConfigError
+from pydantic import Field
+
+from gaia2.config.base import ConfigError, StrictModel, build_config
+from jobs.options import Alias, Command
+from pipelines.tokenizer.latents_config import LatentConfig, LatentInputError
 
 EXPERIMENT = "latents"
-RUN_FILE = "mlflow_run.json"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", required=True, help="a shard build directory (train/, val/, manifest.parquet)")
-    p.add_argument("--tokenizer", required=True,
-                   help="tokenizer directory written by save_tokenizer, or an MLflow model URI such as "
-                        "models:/gaia2-tokenizer-tiny@candidate (registered by `gaia2 train tokenizer`)")
-    p.add_argument("--out", required=True, help="output directory for the latent shards, manifest, rejects, report")
-    p.add_argument("--mode", choices=("sample", "mean"),
-                   help="sample (default): mean + exp(log_std) * eps, seeded per sample; mean: the posterior mean")
-    p.add_argument("--seed", type=int, help="noise seed of the sample mode (default 0)")
-    p.add_argument("--batch-size", type=int, help="samples per encoder actor call (default 4)")
-    p.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default 0: encode on the CPU)")
-    p.add_argument("--num-cpus", type=float, help="CPUs per encoder actor (default 0.5)")
-    p.add_argument("--concurrency", type=int, help="encoder actors (default 1)")
-    p.add_argument("--workdir", default=os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
-                   help="where the local MLflow database and artifacts live (default: ./gaia2-work)")
+class EncodeJob(StrictModel):
+    shards: str | None = Field(None, description="a shard build directory (train/, val/, manifest.parquet)")
+    tokenizer: str | None = Field(None, description="tokenizer export directory, or an MLflow model URI such as "
+                                                    "models:/gaia2-tokenizer-tiny@candidate")
+    out: str | None = Field(None, description="output directory for the latent shards, manifest, rejects, report")
+    workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
+                         description="local MLflow database and artifacts")
 
 
-def resolve_config(args: argparse.Namespace):
-    """The flags given -> ``LatentConfig`` (defaults for the rest); ``ConfigError`` names a bad field."""
-    from pipelines.tokenizer.latents import latent_config
+class EncodeLatentsConfig(LatentConfig):
+    """How latents are encoded (``LatentConfig``) plus what is read and written (``job``)."""
+    preset: str = "tiny"
+    job: EncodeJob = Field(default_factory=EncodeJob)
 
-    given = {"mode": args.mode, "seed": args.seed, "batch_size": args.batch_size, "num_gpus": args.num_gpus,
-             "num_cpus": args.num_cpus, "concurrency": args.concurrency}
-    return latent_config(**{k: v for k, v in given.items() if v is not None})
+    def encoding(self) -> LatentConfig:
+        return LatentConfig.model_validate(self.model_dump(exclude={"job", "preset"}))
+
+
+def tiny() -> EncodeLatentsConfig:
+    """One encoder actor on the CPU."""
+    return EncodeLatentsConfig(preset="tiny")
+
+
+def paper() -> EncodeLatentsConfig:
+    """Eight encoder actors of one GPU each (the paper tokenizer at 448 x 960)."""
+    return EncodeLatentsConfig(preset="paper", batch_size=8, num_gpus=1, num_cpus=4, concurrency=8)
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None
+                ) -> EncodeLatentsConfig:
+    cfg = build_config(EncodeLatentsConfig, PRESETS, preset=preset, overrides=overrides, path=path)
+    for field in ("shards", "tokenizer", "out"):
+        if not getattr(cfg.job, field):
+            raise ConfigError(f"job.{field}: required (pass --{field})")
+    return cfg
 
 
 def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) -> str:
@@ -53,18 +69,16 @@ def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) ->
     MLflow model URI (``models:/gaia2-tokenizer-tiny@candidate``, ``models:/NAME/VERSION``, ``runs:/ID/tokenizer``)
     downloaded from the tracking store of ``workdir`` (or ``MLFLOW_TRACKING_URI``) into ``download_to``
     (give a directory every node sees, e.g. under the output: the encoder actors load it from there)."""
-    from pipelines.tokenizer.latents import LatentInputError
-
     scheme = urlparse(uri).scheme
     if scheme in ("models", "runs"):
         import mlflow
 
-        from jobs.tokenizer_registry import resolve_tokenizer_uri
+        from jobs.registry import resolve_model_uri
         from jobs.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(workdir))
         try:
-            return resolve_tokenizer_uri(uri, download_to)
+            return resolve_model_uri(uri, download_to)
         except mlflow.exceptions.MlflowException as err:
             raise LatentInputError(f"tokenizer {uri!r}: {str(err).splitlines()[0]}") from None
     if scheme not in ("", "file"):
@@ -76,34 +90,28 @@ def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) ->
     return os.path.abspath(path)
 
 
-def run(args: argparse.Namespace, cfg, tokenizer_dir: str):
-    """Check the inputs, then encode with tracking; returns (LatentResult, MLflow run id)."""
+def run(cfg: EncodeLatentsConfig):
+    """Resolve the tokenizer, check the inputs, then encode with tracking; returns (LatentResult, MLflow run id)."""
     import mlflow
 
     from jobs.runtime import init_ray
-    from jobs.tracking import log_config, mlflow_run
+    from jobs.tracking import log_config, output_run
     from pipelines.tokenizer.latents import check_inputs, check_output, encode_latents
 
+    job, encoding = cfg.job, cfg.encoding()
+    tokenizer_dir = resolve_tokenizer(job.tokenizer, job.workdir,
+                                      download_to=os.path.join(os.path.abspath(job.out), "_tokenizer"))
     # Bad input fails here, before Ray starts or an MLflow run is opened.
-    inputs = check_inputs(args.shards, tokenizer_dir)
-    check_output(args.out, inputs, cfg)
-    run_file = os.path.join(args.out, RUN_FILE)
-    previous = None
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            previous = json.load(f).get("run_id")
+    inputs = check_inputs(job.shards, tokenizer_dir)
+    check_output(job.out, inputs, encoding)
     init_ray()
-    with mlflow_run(EXPERIMENT, args.workdir, run_name=f"latents-{os.path.basename(os.path.abspath(args.out))}",
-                    run_id=previous) as active:
-        os.makedirs(args.out, exist_ok=True)
-        with open(run_file, "w") as f:
-            json.dump({"run_id": active.info.run_id}, f)
-        if previous is None:
+    with output_run(EXPERIMENT, job.workdir, job.out) as (active, new):
+        if new:
             mlflow.log_params({"shards": inputs.shards_dir, "tokenizer_dir": tokenizer_dir,
-                               "out": os.path.abspath(args.out), **cfg.model_dump()})
+                               "out": os.path.abspath(job.out), **encoding.model_dump()})
             log_config({"tokenizer": inputs.tokenizer.model_dump(mode="json")})
             mlflow.set_tag("tokenizer_sha256", inputs.tokenizer_sha256)
-        result = encode_latents(args.shards, tokenizer_dir, args.out, cfg)
+        result = encode_latents(job.shards, tokenizer_dir, job.out, encoding)
         report = result.report
         metrics = {f"count.{k}": v for k, v in report["counts"].items()}
         for split, counts in report["splits"].items():
@@ -134,25 +142,28 @@ def summary(result, run_id: str, workdir: str) -> str:
     ])
 
 
+def _work(cfg: EncodeLatentsConfig) -> str:
+    result, run_id = run(cfg)
+    return summary(result, run_id, cfg.job.workdir)
+
+
+COMMAND = Command(
+    prog="python -m jobs.encode_latents", description=__doc__.splitlines()[0],
+    aliases=(Alias("--shards", "job.shards", "a shard build directory"),
+             Alias("--tokenizer", "job.tokenizer", "tokenizer export directory or MLflow model URI"),
+             Alias("--out", "job.out", "output directory"),
+             Alias("--workdir", "job.workdir", "local MLflow database and artifacts"),
+             Alias("--mode", "mode", "sample (mean + std * eps, seeded per sample) or mean"),
+             Alias("--seed", "seed", "noise seed of the sample mode", int),
+             Alias("--batch-size", "batch_size", "samples per encoder actor call", int),
+             Alias("--num-gpus", "num_gpus", "GPUs per encoder actor", float),
+             Alias("--num-cpus", "num_cpus", "CPUs per encoder actor", float),
+             Alias("--concurrency", "concurrency", "encoder actors", int)),
+    presets=tuple(PRESETS), build=load_config, work=_work, input_errors=(LatentInputError,))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.encode_latents", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
-
-
-def execute(args: argparse.Namespace) -> int:
-    from pipelines.tokenizer.latents import LatentInputError
-
-    try:
-        cfg = resolve_config(args)
-        tokenizer = resolve_tokenizer(args.tokenizer, args.workdir,
-                                      download_to=os.path.join(os.path.abspath(args.out), "_tokenizer"))
-        result, run_id = run(args, cfg, tokenizer)
-    except (ConfigError, LatentInputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary(result, run_id, args.workdir))
-    return 0
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ says so: CLIP embeddings and the DINO / LPIPS loss terms then exercise the pipel
 
 from __future__ import annotations
 
-import argparse
 import os
+
+from pydantic import Field
+
+from gaia2.config.base import StrictModel, build_config
+from jobs.options import Alias, Command
 
 
 def _pretrained(work: str) -> dict[str, str]:
@@ -45,42 +49,70 @@ def _pretrained(work: str) -> dict[str, str]:
     return out
 
 
-def main(args: argparse.Namespace) -> int:
-    from gaia2.synth.generate import generate_clips
-    from jobs import build_shards, encode_latents, train_tokenizer, train_world_model
+class QuickstartConfig(StrictModel):
+    preset: str = "tiny"
+    workdir: str = Field("gaia2-quickstart", description="everything goes here: clips, shards, models, MLflow")
+    clips: int = Field(24, ge=2, description="synthetic clips generated")
+    seed: int = 0
+    tokenizer_steps: int = Field(200, ge=1, description="tokenizer main-stage steps (about 4 minutes on 2 cores; "
+                                                        "the tiny preset has 300)")
+    world_model_steps: int = Field(200, ge=1, description="world-model steps (the tiny preset has 300)")
 
-    work = os.path.abspath(args.workdir)
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None
+                ) -> QuickstartConfig:
+    return build_config(QuickstartConfig, {"tiny": QuickstartConfig}, preset=preset, overrides=overrides, path=path)
+
+
+def run(cfg: QuickstartConfig) -> str:
+    """Every stage through its job's own config builder and ``run``, exactly as its command would."""
+    from gaia2.synth.generate import generate_clips
+    from jobs import build_shards, encode_latents, train_driver
+    from jobs.specs import SPECS
+
+    work = os.path.abspath(cfg.workdir)
     clips = os.path.join(work, "clips")
-    if not os.path.isdir(clips) or len(os.listdir(clips)) < args.clips:
-        print(f"[quickstart] generating {args.clips} synthetic clips in {clips}")
-        generate_clips(clips, args.clips, seed=args.seed, workers=None)
+    if not os.path.isdir(clips) or len(os.listdir(clips)) < cfg.clips:
+        print(f"[quickstart] generating {cfg.clips} synthetic clips in {clips}")
+        generate_clips(clips, cfg.clips, seed=cfg.seed, workers=None)
     pretrained = _pretrained(work)
-    shards = os.path.join(work, "shards")
+    shards, latents = os.path.join(work, "shards"), os.path.join(work, "latents")
+    lines = []
 
     print("[quickstart] 1/4 building shards")
-    code = build_shards.execute(argparse.Namespace(
-        source=clips, out=shards, config=None, preset="tiny", seed=args.seed, clip_path=pretrained["clip"],
-        workdir=work))
-    if code:
-        return code
+    result, run_id = build_shards.run(build_shards.load_config("tiny", overrides={
+        "seed": cfg.seed, "embedding": {"clip_path": pretrained["clip"]},
+        "job": {"source": clips, "out": shards, "workdir": work}}))
+    lines.append(build_shards.summary(result, run_id, work))
 
     print("[quickstart] 2/4 training the tiny tokenizer (Ray Train; main stage, then the decoder's GAN fine-tune)")
-    code = train_tokenizer.execute(argparse.Namespace(
-        shards=shards, preset="tiny", config=None, name="tokenizer-quickstart", steps=args.tokenizer_steps,
-        gan_steps=None, batch_size=None, workers=None, gpu=None, seed=args.seed, dino_path=pretrained["dino"],
-        lpips_torch_home=pretrained["torch_home"], storage=None, workdir=work, inject_failure_at=None))
-    if code:
-        return code
+    spec = SPECS["tokenizer"]
+    outcome = train_driver.run(spec, spec.build_config("tiny", overrides={
+        "seed": cfg.seed, "data": {"shards": shards}, "schedule": {"steps": cfg.tokenizer_steps},
+        "loss": {"dino_path": pretrained["dino"], "lpips_torch_home": pretrained["torch_home"]},
+        "job": {"name": "tokenizer-quickstart", "workdir": work}}))
+    lines.append(train_driver.summary(spec, outcome, work))
 
     print("[quickstart] 3/4 encoding the shards into latent shards")
-    latents = os.path.join(work, "latents")
-    code = encode_latents.execute(argparse.Namespace(
-        shards=shards, tokenizer="models:/gaia2-tokenizer-tiny@candidate", out=latents, mode=None, seed=args.seed,
-        batch_size=None, num_gpus=None, num_cpus=None, concurrency=None, workdir=work))
-    if code:
-        return code
+    result, run_id = encode_latents.run(encode_latents.load_config("tiny", overrides={
+        "seed": cfg.seed, "job": {"shards": shards, "tokenizer": f"models:/{outcome.model_name}@candidate",
+                                  "out": latents, "workdir": work}}))
+    lines.append(encode_latents.summary(result, run_id, work))
 
     print("[quickstart] 4/4 training the tiny world model on the latents (Ray Train, flow matching)")
-    return train_world_model.execute(argparse.Namespace(
-        shards=latents, preset="tiny", config=None, name="world-model-quickstart", steps=args.world_model_steps,
-        batch_size=None, workers=None, gpu=None, seed=args.seed, storage=None, workdir=work, inject_failure_at=None))
+    spec = SPECS["world-model"]
+    outcome = train_driver.run(spec, spec.build_config("tiny", overrides={
+        "seed": cfg.seed, "data": {"shards": latents}, "schedule": {"steps": cfg.world_model_steps},
+        "job": {"name": "world-model-quickstart", "workdir": work}}))
+    lines.append(train_driver.summary(spec, outcome, work))
+    return "\n\n".join(lines)
+
+
+COMMAND = Command(
+    prog="gaia2 quickstart", description="the local pipeline end to end on synthetic data",
+    aliases=(Alias("--workdir", "workdir", "where everything goes"), Alias("--clips", "clips", "synthetic clips", int),
+             Alias("--seed", "seed", "seed of every stage", int),
+             Alias("--tokenizer-steps", "tokenizer_steps", "tokenizer main-stage steps", int),
+             Alias("--world-model-steps", "world_model_steps", "world-model steps", int)),
+    presets=("tiny",), build=load_config, work=run,
+    input_errors=())

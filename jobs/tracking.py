@@ -44,6 +44,28 @@ def mlflow_run(experiment: str, workdir: str, run_name: str, run_id: str | None 
         yield run
 
 
+RUN_FILE = "mlflow_run.json"
+
+
+@contextmanager
+def output_run(experiment: str, workdir: str, out: str) -> Iterator[tuple[Any, bool]]:
+    """The MLflow run of a job that writes the directory ``out`` -> (run, is it new). Its id is kept in
+    ``out/mlflow_run.json``, so re-running onto the same output (a resume) continues the same run."""
+    import json
+
+    run_file = os.path.join(out, RUN_FILE)
+    previous = None
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            previous = json.load(f).get("run_id")
+    name = f"{experiment}-{os.path.basename(os.path.abspath(out))}"
+    with mlflow_run(experiment, workdir, run_name=name, run_id=previous) as active:
+        os.makedirs(out, exist_ok=True)
+        with open(run_file, "w") as f:
+            json.dump({"run_id": active.info.run_id}, f)
+        yield active, previous is None or previous != active.info.run_id
+
+
 def log_config(config: Mapping[str, Any]) -> None:
     import mlflow
 

@@ -1,108 +1,26 @@
-"""The driver side shared by the training jobs: MLflow run (found again by tags on resume), a Ray Train
-``TorchTrainer`` with checkpointing, failure handling and the datasets, and the final checkpoint's state.
+"""The training spine's driver: one ``run(spec, config)`` for every trainable model (``jobs/specs``).
 
-Checkpoints live in ``storage`` (a local path or a URI such as s3://bucket/ckpt, which Ray Train writes
+Preflight (the spec's checks, before Ray or MLflow start) -> Ray up and the resource check
+(``jobs.resources``) -> the MLflow run (found again by its tags on resume) -> a Ray Train
+``TorchTrainer`` running ``jobs.train_loop.train_loop`` on every worker, with checkpointing, failure
+handling and the spec's datasets -> the EMA weights of the final checkpoint exported
+(``config.json`` + ``model.safetensors``) and registered in MLflow with the alias ``candidate``.
+
+Checkpoints live in ``job.storage`` (a local path or a URI such as s3://bucket/ckpt, which Ray Train writes
 through pyarrow); the MLflow run is found by the tags (job name, storage), so resuming needs nothing from
-this machine's disk. Local outputs go under ``<workdir>/<kind>-jobs/<name>``.
+this machine's disk. Local outputs go under ``<workdir>/<model>-jobs/<name>``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-STATE_FILE = "state.pt"
+from jobs.specs.base import ModelSpec
 
-
-@dataclass
-class Training:
-    run_id: str
-    local_dir: str
-    state: dict            # the last checkpoint's state (CPU tensors)
-    metrics: dict          # the last report's numeric metrics (final validation)
-    checkpoint: str        # its path or URI
-
-
-def resolve_storage(storage: str | None, workdir: str) -> str:
-    if "://" in (storage or ""):
-        return storage
-    return os.path.abspath(storage or os.path.join(workdir, "ray_results"))
-
-
-def train(kind: str, experiment: str, name: str, workdir: str, storage: str | None, config: Any,
-          train_loop: Callable[[dict], None], datasets: Callable[[], dict], workers: Any, keep_checkpoints: int,
-          params: dict, fail_at_step: int | None, after_fit: Callable[[Training], None]) -> Training:
-    """Run (or resume) job ``name``; ``after_fit`` runs inside the MLflow run (export, registration).
-
-    ``workers``: num_workers, use_gpu, cpus_per_worker, max_failures; ``config``: a pydantic config (logged as
-    params, handed to the loop as JSON); ``datasets``: builds {"train", "val"} (called once Ray is up)."""
-    import mlflow
-    import ray.data
-    import ray.train
-    import torch
-    from ray.train.torch import TorchTrainer
-
-    from jobs.runtime import init_ray
-    from jobs.tracking import find_run, log_config, mlflow_run, tracking_uri
-
-    storage = resolve_storage(storage, workdir)
-    local_dir = os.path.join(os.path.abspath(workdir), f"{kind}-jobs", name)
-    os.makedirs(local_dir, exist_ok=True)
-    tags = {"gaia2.job_name": name, "gaia2.storage": storage}
-    previous = find_run(experiment, workdir, tags)
-    init_ray()
-    with mlflow_run(experiment, workdir, run_name=name, run_id=previous) as active:
-        run_id = active.info.run_id
-        if previous is None:
-            mlflow.set_tags(tags)
-            log_config(config.model_dump())
-            mlflow.log_params({"job_name": name, "storage": storage, **params})
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": config.model_dump(mode="json"), "tracking_uri": tracking_uri(workdir),
-                               "run_id": run_id, "fail_at_step": fail_at_step,
-                               "fail_marker": os.path.join(local_dir, "injected-failure.marker")},
-            scaling_config=ray.train.ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
-                                                   resources_per_worker={"CPU": workers.cpus_per_worker}),
-            run_config=ray.train.RunConfig(
-                name=name, storage_path=storage,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=workers.max_failures)),
-            datasets=datasets(),
-            dataset_config=ray.train.DataConfig(
-                datasets_to_split=["train"],
-                execution_options=ray.data.ExecutionOptions(preserve_order=True)),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training job {name!r} finished without a checkpoint")
-        with result.checkpoint.as_directory() as ckpt:
-            if os.path.exists(os.path.join(ckpt, STATE_FILE)):
-                state = torch.load(os.path.join(ckpt, STATE_FILE), map_location="cpu", weights_only=False)
-            else:   # a sharded (FSDP) checkpoint: gather it into one state on the CPU
-                from jobs.parallelize import full_state_from_sharded
-
-                state = full_state_from_sharded(ckpt)
-                state.update(torch.load(os.path.join(ckpt, "extra-0.pt"), weights_only=False))
-        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        outcome = Training(run_id, local_dir, state, metrics, result.checkpoint.path)
-        after_fit(outcome)
-        mlflow.set_tag("checkpoint", result.checkpoint.path)
-        return outcome
-
-
-def register_once(step: int, register: Callable[[], int]) -> int:
-    """Register the model of ``step`` in the active run unless this run already did (a rerun of a finished
-    job); returns the model version."""
-    import mlflow
-
-    done = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-    if done.get("gaia2.registered_step") == str(step):
-        return int(done["gaia2.registered_version"])
-    version = register()
-    mlflow.set_tags({"gaia2.registered_step": str(step), "gaia2.registered_version": version})
-    return version
+if TYPE_CHECKING:
+    from jobs.options import Command
 
 
 @dataclass
@@ -111,52 +29,102 @@ class TrainOutcome:
     export_dir: str
     model_name: str
     model_version: int
-    metrics: dict
-    checkpoint: str
+    metrics: dict          # the last report's numeric metrics (final validation)
+    checkpoint: str        # the final checkpoint's path or URI
+    step: int
 
 
-def overrides_from(pairs: list[tuple[Any, tuple[str, ...]]]) -> dict:
-    """[(value, ("section", "field")), ...] -> nested overrides for the values that are not None."""
-    overrides: dict = {}
-    for value, path in pairs:
-        if value is not None:
-            node = overrides
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
-    return overrides
+def resolve_storage(storage: str | None, workdir: str) -> str:
+    if "://" in (storage or ""):
+        return storage
+    return os.path.abspath(storage or os.path.join(workdir, "ray_results"))
 
 
-def outcome_lines(outcome: TrainOutcome, experiment: str, workdir: str) -> list[str]:
+def run(spec: ModelSpec, cfg: Any) -> TrainOutcome:
+    """Train (or resume) the job ``cfg`` describes, then export and register its EMA model."""
+    import mlflow
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs import checkpoint as ckpt
+    from jobs.registry import register_once
+    from jobs.resources import fit_workers, is_local
+    from jobs.runtime import init_ray
+    from jobs.tracking import find_run, log_config, mlflow_run, tracking_uri
+    from jobs.train_loop import say, train_loop
+
+    params = spec.preflight(cfg)
+    name, workdir = spec.job_name(cfg), cfg.job.workdir
+    init_ray()
+    workers, note = fit_workers(cfg.workers, cfg.data.read_cpus, ray.cluster_resources(), is_local())
+    if note:
+        say(f"[{spec.name}] {note}")
+        cfg = cfg.model_copy(update={"workers": workers})
+    storage = resolve_storage(cfg.job.storage, workdir)
+    local_dir = os.path.join(os.path.abspath(workdir), f"{spec.name}-jobs", name)
+    os.makedirs(local_dir, exist_ok=True)
+    tags = {"gaia2.job_name": name, "gaia2.storage": storage}
+    previous = find_run(spec.experiment, workdir, tags)
+    with mlflow_run(spec.experiment, workdir, run_name=name, run_id=previous) as active:
+        run_id = active.info.run_id
+        if previous is None:
+            mlflow.set_tags(tags)
+            log_config(cfg.model_dump())
+            mlflow.log_params({"job_name": name, "storage": storage, **params})
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"model": spec.name, "config": cfg.model_dump(mode="json"),
+                               "tracking_uri": tracking_uri(workdir), "run_id": run_id,
+                               "fail_marker": os.path.join(local_dir, "injected-failure.marker")},
+            scaling_config=ray.train.ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                                   resources_per_worker={"CPU": workers.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=storage,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.schedule.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=workers.max_failures)),
+            datasets=spec.datasets(cfg),
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split=["train"],
+                execution_options=ray.data.ExecutionOptions(preserve_order=True)),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training job {name!r} finished without a checkpoint")
+        model = spec.build_model(cfg)
+        with result.checkpoint.as_directory() as directory:
+            step = int(ckpt.read_extra(directory, 0)["step"])
+            ckpt.load_module(model, directory, "ema")
+        from gaia2.export import save_pretrained
+
+        export_dir = save_pretrained(os.path.join(local_dir, "export", spec.artifact), model, spec.export_format,
+                                     extra={"step": step, "ema_decay": cfg.optim.ema_decay, "mlflow_run_id": run_id,
+                                            **spec.export_extra(cfg)})
+        model_name = spec.registered_name(cfg)
+        version = register_once(step, export_dir, model_name, spec.artifact)
+        mlflow.set_tag("checkpoint", result.checkpoint.path)
+        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        return TrainOutcome(run_id, export_dir, model_name, version, metrics, result.checkpoint.path, step)
+
+
+def summary(spec: ModelSpec, outcome: TrainOutcome, workdir: str) -> str:
     from jobs.tracking import tracking_uri
 
-    return [f"model:      {outcome.export_dir} (EMA weights)",
-            f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
-            f"checkpoint: {outcome.checkpoint}",
-            f"mlflow:     run {outcome.run_id} in experiment '{experiment}' at {tracking_uri(workdir)}"]
+    return "\n".join([*spec.summary(outcome.metrics),
+                      f"model:      {outcome.export_dir} (EMA weights at step {outcome.step})",
+                      f"registered: models:/{outcome.model_name}/{outcome.model_version} (alias @candidate)",
+                      f"checkpoint: {outcome.checkpoint}",
+                      f"mlflow:     run {outcome.run_id} in experiment '{spec.experiment}' at {tracking_uri(workdir)}"])
 
 
-def execute_job(work: Callable[[], str]) -> int:
-    """Run a training job's ``work`` (returns its summary) with the CLI's error contract: a configuration
-    error prints ``error: ...`` and returns 2; a training failure past its retries returns 1 and says how
-    to resume; anything else is a bug and raises."""
-    import sys
+def command(spec: ModelSpec) -> "Command":
+    """``gaia2 train <model>`` / ``python -m jobs.train <model>`` for ``spec``."""
+    from jobs.options import Command
 
-    from gaia2.config.base import ConfigError
+    def work(cfg: Any) -> str:
+        return summary(spec, run(spec, cfg), cfg.job.workdir)
 
-    try:
-        text = work()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        import ray.train
-
-        if not isinstance(err, ray.train.TrainingFailedError):
-            raise
-        # The workers' tracebacks are already in the log above; checkpoints and the MLflow run are kept.
-        print(f"error: training failed: {str(err).splitlines()[0]}\nrun the same command again to resume from "
-              f"the last checkpoint", file=sys.stderr)
-        return 1
-    print(text)
-    return 0
+    return Command(prog=f"python -m jobs.train {spec.name}",
+                   description=f"Train the {spec.name} on Ray Train, then export and register its EMA weights",
+                   aliases=spec.aliases, presets=spec.presets, build=spec.build_config, work=work)

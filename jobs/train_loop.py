@@ -1,15 +1,16 @@
-"""The Ray Train loop skeleton shared by the training jobs (tokenizer, world model), run on every worker.
+"""The Ray Train loop every trainable model runs on every worker (``train_loop``), driven by its spec.
 
-Restore the latest checkpoint Ray Train hands back (after a worker failure or a restart of the job under
-the same name), replay the data stream to the saved position, then step: rank 0 logs to MLflow and prints
-the progress line, validates and writes checkpoints; every rank calls ``ray.train.report`` at
-checkpoints (it is a barrier).
+Build the trainer (distributed by ``jobs.parallelize``), restore the newest valid checkpoint
+(``jobs.checkpoint.restore``: after a worker failure, or when the job is run again under the same name;
+a corrupt or partial latest checkpoint is skipped with a warning), replay the data stream to the saved
+position, then step: rank 0 logs to MLflow and prints the progress line; validation runs on rank 0 (on
+every rank under FSDP, whose forward is collective); every rank writes its part of each checkpoint and
+calls ``ray.train.report`` (a barrier).
 
 Data position: an epoch is one pass over this worker's shard of the train split in a fixed order
 (``preserve_order``) shuffled by a local buffer seeded with ``seed + epoch``; the position is (epoch,
 batches consumed). Resuming re-reads the epoch's first batches and drops them, so the run continues on
-exactly the batches an uninterrupted run would have seen (exact for one worker; with several, Ray
-Data's streaming split may hand rows to workers in another order).
+exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
-
-STATE_FILE = "state.pt"
 
 
 def say(line: str) -> None:
@@ -53,103 +51,110 @@ def fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-@dataclass
-class LoopSpec:
-    tag: str                                              # e.g. "tokenizer": the progress lines' prefix
-    total: int                                            # steps
-    log_every: int
-    val_every: int
-    checkpoint_every: int
-    global_batch: int                                     # samples per step over all workers
-    batches: Callable[[int], Iterator[Any]]               # epoch -> this worker's batches
-    scalars: Callable[[dict], dict[str, float]]           # train_step output -> the values to log
-    validate: Callable[[], dict[str, float]] | None       # rank 0: validation metrics (it logs them)
-    config_json: dict                                     # saved in each checkpoint
-    batch_name: str = "batch"                             # what an empty epoch lacks, for its error
-    tokens_per_sample: int = 0                            # > 0: also log tokens/s
-
-
-def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: int, log: Any) -> None:
-    """``trainer``: ``step``, ``stage``, ``train_step(batch)``, ``state_dict()``, ``load_state_dict()``.
-    ``log``: a ``RunLogger`` on rank 0, None elsewhere. ``loop_config``: ``fail_at_step`` / ``fail_marker``."""
+def checkpoint_candidates(latest) -> list:
+    """The latest Ray Train checkpoint and the earlier ones kept beside it, newest first (a checkpoint
+    directory newer than the latest registered one was never completed and is not a candidate)."""
+    import pyarrow.fs as pafs
     import ray.train
 
-    from jobs.parallelize import load_sharded, save_sharded
+    parent, latest_name = os.path.split(latest.path.rstrip("/"))
+    infos = latest.filesystem.get_file_info(pafs.FileSelector(parent))
+    names = sorted((os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory
+                    and os.path.basename(i.path).startswith("checkpoint-")), reverse=True)
+    return [ray.train.Checkpoint(path=f"{parent}/{n}", filesystem=latest.filesystem)
+            for n in names if n <= latest_name]
 
-    sharded = getattr(trainer, "sharded", False)   # FSDP: every rank saves and loads its own shard
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from jobs import checkpoint as ckpt
+    from jobs.parallelize import parallelizer, reshard
+    from jobs.specs import SPECS
+    from jobs.tracking import RunLogger
+
+    spec = SPECS[loop_config["model"]]
+    cfg = spec.config_type().model_validate(loop_config["config"])
+    config_json = loop_config["config"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    w, s = cfg.workers, cfg.schedule
+    torch.set_num_threads(w.torch_threads or max(1, int(w.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    parallelize = parallelizer(w, cfg.precision, world, device, find_unused=spec.find_unused_parameters)
+    trainer = spec.trainer(cfg, device, rank, parallelize)
+    log = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    sharded = w.strategy == "fsdp"
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 or sharded else None
+
     epoch, position = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            if sharded:
-                state = trainer.sharded_state()
-                extra = load_sharded(state, d, rank)
-                # The sharded load is partial (optimizer state exists only for trained parameters), so a
-                # checkpoint of another architecture would not fail by itself: compare the model configs.
-                if extra.get("config", {}).get("model") != spec.config_json.get("model"):
-                    raise RuntimeError(f"checkpoint {checkpoint.path}: written for another model configuration; "
-                                       f"resume with the same model config or use a new job name")
-                trainer.load_sharded_state(state)
-                trainer.load_extra_state(extra)
-                data = extra["data"]
-            else:
-                state = torch.load(os.path.join(d, STATE_FILE), map_location=trainer.device, weights_only=False)
-                trainer.load_state_dict(state)
-                data = state["data"]
-        epoch, position = data["epoch"], data["batch"]
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        restored = ckpt.restore(checkpoint_candidates(latest), trainer, rank, world, config_json,
+                                lambda c: c.as_directory())
+        if restored is None:
+            raise RuntimeError(f"no usable checkpoint among {latest.path} and the ones before it (see the warnings "
+                               f"above); run under a new job name to start afresh")
+        used, extra, skipped = restored
+        epoch, position = extra["data"]["epoch"], extra["data"]["batch"]
         if log:
             log.metrics({"resumed_from_step": trainer.step, "resumed_epoch": epoch, "resumed_batch": position},
                         step=trainer.step)
-            say(f"[{spec.tag}] resumed from the checkpoint at step {trainer.step} (epoch {epoch}, batch {position})")
-    fail_at, fail_marker = loop_config.get("fail_at_step"), loop_config.get("fail_marker")
+            for reason in skipped:
+                say(f"[{spec.name}] skipped checkpoint {reason}")
+            log.tags({"gaia2.resumed_from": used.path, "gaia2.skipped_checkpoints": " | ".join(skipped)})
+            say(f"[{spec.name}] resumed from {used.path} at step {trainer.step} (epoch {epoch}, batch {position})")
+
+    total, global_batch = cfg.total_steps, cfg.data.batch_size * world
+    tokens = spec.tokens_per_sample(cfg)
+    fail_at, fail_marker = cfg.job.fail_at_step, loop_config["fail_marker"]
     mark_step, mark_time = trainer.step, time.perf_counter()
     last_val: dict[str, float] = {}
 
+    def validate() -> dict[str, float]:
+        out, text = spec.validate(trainer, cfg, epoch_batches(val_shard, cfg.data.batch_size), log)
+        if sharded:
+            reshard(trainer.stateful())
+        if log:
+            log.metrics(out, step=trainer.step)
+            say(f"[{spec.name}] validation at step {trainer.step}: {text}")
+        return out
+
     def save_checkpoint(metrics: dict[str, float]) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if sharded:
-                extra = {**trainer.extra_state(), "data": {"epoch": epoch, "batch": position},
-                         "config": spec.config_json}
-                save_sharded(trainer.sharded_state(), extra, tmp, rank)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)   # Ray merges the ranks' directories
-            elif rank == 0:
-                state = trainer.state_dict()
-                state["data"] = {"epoch": epoch, "batch": position}
-                state["config"] = spec.config_json
-                torch.save(state, os.path.join(tmp, STATE_FILE))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"step": trainer.step, **metrics}, checkpoint=ckpt,
+        with tempfile.TemporaryDirectory() as tmp:   # this rank's part; Ray Train merges the ranks' directories
+            ckpt.save(tmp, trainer, rank, world, {"epoch": epoch, "batch": position}, config_json)
+            ray.train.report({"step": trainer.step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-{trainer.step:08d}")
 
-    while trainer.step < spec.total:
+    while trainer.step < total:
         consumed = 0
-        for i, batch in enumerate(spec.batches(epoch)):
+        batches = epoch_batches(train_shard, cfg.data.batch_size, epoch, cfg.seed, cfg.data.shuffle_buffer)
+        for i, rows in enumerate(batches):
             consumed = i + 1
             if i < position:
                 continue   # replaying to the checkpoint's data position
             stage = trainer.stage
-            out = trainer.train_step(batch)
+            out = trainer.train_step(spec.batch(rows))
             position = i + 1
             step = trainer.step
-            if log and (step % spec.log_every == 0 or step == spec.total):
+            if log and (step % s.log_every == 0 or step == total):
                 values = spec.scalars(out)
                 now = time.perf_counter()
                 rate = (step - mark_step) / max(now - mark_time, 1e-9)
                 mark_step, mark_time = step, now
-                values.update({"steps_per_s": rate, "samples_per_s": rate * spec.global_batch, "epoch": epoch})
-                if spec.tokens_per_sample:
-                    values["tokens_per_s"] = rate * spec.global_batch * spec.tokens_per_sample
+                values.update({"steps_per_s": rate, "samples_per_s": rate * global_batch, "epoch": epoch})
+                if tokens:
+                    values["tokens_per_s"] = rate * global_batch * tokens
                 log.metrics(values, step=step)
-                eta = (spec.total - step) / rate if rate > 0 else float("inf")
-                say(f"[{spec.tag}] step {step}/{spec.total} {stage:<4} | loss {values['loss']:.4f} | "
+                eta = (total - step) / rate if rate > 0 else float("inf")
+                say(f"[{spec.name}] step {step}/{total} {stage:<4} | loss {values['loss']:.4f} | "
                     f"lr {values['lr']:.2e} | grad {values['grad_norm']:.3f} | {rate:.2f} steps/s | ETA {fmt_time(eta)}")
-            # Validation runs on rank 0, or on every rank when the model is sharded (FSDP's forward gathers
-            # parameters from all ranks, so they must all take part; only rank 0 logs).
-            if (log or sharded) and spec.validate and (step % spec.val_every == 0 or step == spec.total):
-                last_val = spec.validate()
-            if step % spec.checkpoint_every == 0 or step == spec.total:
-                save_checkpoint(last_val if step == spec.total else {})
+            if val_shard is not None and (step % s.val_every == 0 or step == total):
+                last_val = validate()
+            if step % s.checkpoint_every == 0 or step == total:
+                save_checkpoint(last_val if step == total else {})
             if fail_at is not None and step == fail_at and rank == 0 and not os.path.exists(fail_marker):
                 # Test hook: a hard crash of this worker process, once (the marker survives the restart).
                 # Ray Train's controller collects reported checkpoints when it polls the workers, every
@@ -158,12 +163,12 @@ def run_loop(trainer: Any, spec: LoopSpec, loop_config: dict[str, Any], rank: in
                 # resume point deterministic for the tests.
                 time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
                 open(fail_marker, "w").close()
-                say(f"[{spec.tag}] injected worker failure at step {step}")
+                say(f"[{spec.name}] injected worker failure at step {step}")
                 os._exit(1)
-            if step >= spec.total:
+            if step >= total:
                 break
         else:
             if consumed == 0:
-                raise RuntimeError(f"the train split gave this worker no full {spec.batch_name} "
-                                   f"(data.batch_size is larger than the worker's share of the split)")
+                raise RuntimeError(f"the train split gave this worker no full batch of {cfg.data.batch_size} "
+                                   f"{spec.batch_noun} (data.batch_size is larger than the worker's share of the split)")
             epoch, position = epoch + 1, 0

@@ -131,7 +131,7 @@ def test_tokenizer_config_validates_and_fills_the_gpu_pods():
     # As the brief's check: the file alone on the paper preset, DINO's path given separately.
     cfg = train_config("paper", path=os.path.join(CLUSTER, "tokenizer-config.yaml"),
                        overrides={"loss": {"dino_path": "/x"}})
-    assert cfg.workers.num_workers == 128 and cfg.data.decode_batch == 2
+    assert cfg.workers.num_workers == 128 and cfg.data.read_batch == 2
 
     job, args = _job_args("rayjob-train-tokenizer.yaml")
     cfg = job.resolve_config(args)   # preset -> the mounted file -> the entrypoint's flags

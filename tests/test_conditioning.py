@@ -15,7 +15,8 @@ from gaia2.conditioning import (CURVATURE_MAX, CURVATURE_SCALE, SPEED_MAX, SPEED
 from gaia2.schema.metadata import AGENT_CATEGORIES, METADATA_KEYS, vocabulary_sizes
 
 B, T, N, A = 3, 2, 2, 4
-CFG = ConditioningConfig(dim=16, max_cameras=3, max_agents=A, clip_dim=5, scenario_dim=7)
+CFG = ConditioningConfig(max_cameras=3, max_agents=A, clip_dim=5, scenario_dim=7)
+DIM = 16
 V = len(METADATA_KEYS)
 
 
@@ -45,7 +46,7 @@ def make_cond(seed: int = 0, b: int = B, scenario: bool = True) -> dict[str, tor
 
 def encoder(seed: int = 0) -> ConditioningEncoder:
     torch.manual_seed(seed)
-    return ConditioningEncoder(CFG).eval()
+    return ConditioningEncoder(CFG, DIM).eval()
 
 
 # --- symlog (paper eq. 5) -----------------------------------------------------------------------
@@ -195,8 +196,8 @@ def test_shapes_masks_and_token_count():
     out = enc(cond)
     k = enc.num_tokens(N, A)
     assert k == 1 + V + N + 1 + N * A
-    assert out.tokens.shape == (B, T, k, CFG.dim) and out.mask.shape == (B, T, k) and out.mask.dtype == torch.bool
-    assert out.action.shape == (B, T, CFG.dim)
+    assert out.tokens.shape == (B, T, k, DIM) and out.mask.shape == (B, T, k) and out.mask.dtype == torch.bool
+    assert out.action.shape == (B, T, DIM)
     static = 1 + V + N + 1
     assert out.mask[..., :static].all()                                  # nothing dropped at inference
     assert torch.equal(out.mask[..., static:], cond["agents_valid"].flatten(2))   # eval: mask = valid, camera-major

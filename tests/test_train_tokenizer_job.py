@@ -27,12 +27,20 @@ def _cfg(shards, standins, **extra):
     overrides = {
         "model": {"dim": 32, "heads": 2},
         "loss": standins,
-        "data": {"shards": shards, "batch_size": 2, "shuffle_buffer": 8, "val_clips": 4},
+        "data": {"shards": shards, "batch_size": 2, "shuffle_buffer": 8, "val_samples": 4},
         "schedule": {"steps": STEPS, "log_every": 1, "val_every": 100, "checkpoint_every": CKPT, "preview_clips": 2},
         "gan": {"steps": GAN_STEPS},
         "workers": {"max_failures": 1},
     }
     return train_config("tiny", overrides=deep_merge(overrides, extra))
+
+
+def _run(cfg, name, workdir, fail_at_step=None):
+    from jobs.specs import SPECS
+    from jobs.train_driver import run
+
+    return run(SPECS["tokenizer"], cfg.model_copy(update={"job": cfg.job.model_copy(update={
+        "name": name, "workdir": workdir, "fail_at_step": fail_at_step})}))
 
 
 def _losses(workdir, run_id):
@@ -60,17 +68,15 @@ def _runs(workdir, name):
 
 @pytest.fixture(scope="module")
 def straight(ray_session, tokenizer_shards, standins, tmp_path_factory):
-    from jobs.train_tokenizer import run
-
     work = str(tmp_path_factory.mktemp("straight"))
-    return run(_cfg(tokenizer_shards, standins), "straight", work), work
+    return _run(_cfg(tokenizer_shards, standins), "straight", work), work
 
 
 def test_uninterrupted_run_trains_exports_and_registers(straight):
     import mlflow
 
     from gaia2.tokenizer.export import load_tokenizer
-    from jobs.tokenizer_registry import resolve_tokenizer_uri
+    from jobs.registry import resolve_model_uri
     from jobs.tracking import tracking_uri
 
     outcome, work = straight
@@ -84,7 +90,7 @@ def test_uninterrupted_run_trains_exports_and_registers(straight):
     model = load_tokenizer(outcome.export_dir)
     assert model.cfg.dim == 32
     mlflow.set_tracking_uri(tracking_uri(work))
-    registered = resolve_tokenizer_uri(f"models:/{outcome.model_name}@candidate")
+    registered = resolve_model_uri(f"models:/{outcome.model_name}@candidate")
     assert load_tokenizer(registered).cfg == model.cfg
     artifacts = mlflow.artifacts.list_artifacts(run_id=outcome.run_id, artifact_path="reconstructions")
     assert [a.path for a in artifacts] == [f"reconstructions/step-{STEPS + GAN_STEPS:08d}.mp4"]
@@ -92,11 +98,9 @@ def test_uninterrupted_run_trains_exports_and_registers(straight):
 
 def test_worker_failure_resumes_at_the_checkpoint_with_the_same_losses(straight, tokenizer_shards, standins,
                                                                         tmp_path):
-    from jobs.train_tokenizer import run
-
     reference = _losses(straight[1], straight[0].run_id)
     work = str(tmp_path)
-    outcome = run(_cfg(tokenizer_shards, standins), "crashy", work, fail_at_step=CKPT + 1)
+    outcome = _run(_cfg(tokenizer_shards, standins), "crashy", work, fail_at_step=CKPT + 1)
     losses = _losses(work, outcome.run_id)
     assert len(losses[CKPT + 1]) == 2   # logged before the crash and again after the replay
     for step, values in losses.items():
@@ -110,14 +114,12 @@ def test_worker_failure_resumes_at_the_checkpoint_with_the_same_losses(straight,
 
 
 def test_restarting_the_job_under_its_name_resumes_it(straight, tokenizer_shards, standins, tmp_path):
-    from jobs.train_tokenizer import run
-
     reference = _losses(straight[1], straight[0].run_id)
     work = str(tmp_path)
     cfg = _cfg(tokenizer_shards, standins, workers={"max_failures": 0})
     with pytest.raises(Exception):
-        run(cfg, "restarted", work, fail_at_step=CKPT + 1)   # no retries left: the job fails
-    outcome = run(cfg, "restarted", work)                    # the same name: resumes from step CKPT
+        _run(cfg, "restarted", work, fail_at_step=CKPT + 1)   # no retries left: the job fails
+    outcome = _run(cfg, "restarted", work)                    # the same name: resumes from step CKPT
     losses = _losses(work, outcome.run_id)
     for step, values in losses.items():
         assert values == pytest.approx([reference[step][0]] * len(values), rel=1e-6, abs=1e-7), step
@@ -156,6 +158,6 @@ def test_unknown_preset_and_missing_shards_are_config_errors(tmp_path, capsys):
     assert main(["train", "tokenizer", "--preset", "huge", "--shards", str(tmp_path)]) == 2
     assert "preset: unknown preset 'huge'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="data.shards: "):
-        from jobs.train_tokenizer import preflight
+        from jobs.specs import SPECS
 
-        preflight(train_config("tiny", overrides={"loss": {"dino": 0, "lpips": 0}, "data": {"shards": str(tmp_path)}}))
+        SPECS["tokenizer"].preflight(train_config("tiny", overrides={"loss": {"dino": 0, "lpips": 0}, "data": {"shards": str(tmp_path)}}))

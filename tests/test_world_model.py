@@ -11,8 +11,8 @@ from gaia2.world_model.config import world_model_config
 from gaia2.world_model.inputs import example_inputs
 from gaia2.world_model.model import WorldModel
 
-SMALL = {"dim": 32, "heads": 2, "depth": 2, "cameras": 3, "max_cameras": 4, "max_agents": 4, "height": 2,
-         "width": 3, "frames": 3, "latent_dim": 8, "clip_dim": 8, "scenario_dim": 8}
+SMALL = {"dim": 32, "heads": 2, "depth": 2, "cameras": 3, "height": 2, "width": 3, "latent_steps": 3, "latent_dim": 8,
+         "conditioning": {"max_cameras": 4, "max_agents": 4, "clip_dim": 8, "scenario_dim": 8}}
 
 
 def small(**extra):
@@ -93,21 +93,6 @@ def test_gradients_reach_every_trainable_parameter_after_a_step():
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or
                                                                                not torch.any(p.grad != 0))]
     assert missing == []
-
-
-def test_activation_checkpointing_gives_the_same_gradients():
-    cfg = small()
-    a = _perturbed(WorldModel(cfg)).train()
-    b = WorldModel(small(checkpoint_activations=True)).train()
-    b.load_state_dict(a.state_dict())
-    inputs = example_inputs(cfg, batch=1, generator=torch.Generator().manual_seed(5))
-    keep = {k: torch.ones(1, dtype=torch.bool) for k in ("action", "agents", "metadata", "clip", "scenario")}
-    for m in (a, b):
-        m.eval()   # no dropout: both passes see the same conditioning
-        with torch.enable_grad():
-            m(**inputs, keep=keep).square().mean().backward()
-    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_paper_preset_size_and_tokens():

@@ -22,10 +22,11 @@ from gaia2.conditioning import VARIABLES, normalise_action
 from gaia2.flow import TaskSampler, TauSampler, build_inputs, flow_loss, velocity_target
 from gaia2.schema.metadata import AGENT_CATEGORIES, METADATA_KEYS, vocabulary_sizes
 from gaia2.world_model.config import WorldModelConfig, world_model_config
+from gaia2.world_model import train_config
 from gaia2.world_model.model import WorldModel
 
-SMALL = {"dim": 32, "heads": 2, "depth": 2, "cameras": 3, "max_cameras": 4, "max_agents": 4, "height": 2,
-         "width": 3, "frames": 3, "latent_dim": 8, "clip_dim": 8, "scenario_dim": 8}
+SMALL = {"dim": 32, "heads": 2, "depth": 2, "cameras": 3, "height": 2, "width": 3, "latent_steps": 3, "latent_dim": 8,
+         "conditioning": {"max_cameras": 4, "max_agents": 4, "clip_dim": 8, "scenario_dim": 8}}
 STEPS, BATCH, LR = 60, 16, 3e-3
 NOISE_STD = 0.1
 # A changed input must move the prediction by more than this (max |dv| over a sample, v of order 1); the
@@ -60,8 +61,8 @@ class SyntheticWorld:
         self.pattern = torch.randn(l, h, w, generator=g)             # spatial layout every term is drawn with
         self.w_action = proj(2)
         self.w_agents = proj(5)
-        self.w_clip = proj(cfg.clip_dim)
-        self.w_scenario = proj(cfg.scenario_dim)
+        self.w_clip = proj(cfg.conditioning.clip_dim)
+        self.w_scenario = proj(cfg.conditioning.scenario_dim)
         self.w_camera = proj(4 + 12 + 5)
         self.w_time = proj(2)
         self.meta_tables = {k: torch.randn(n, l, generator=g) / len(METADATA_KEYS) ** 0.5
@@ -70,7 +71,7 @@ class SyntheticWorld:
     def conditioning(self, batch: int, g: torch.Generator) -> tuple[dict, Tensor, dict]:
         """-> cond dict, timestamps (B, T), camera dict, with plausible random values."""
         cfg = self.cfg
-        b, t, n, a = batch, cfg.frames, cfg.cameras, cfg.max_agents
+        b, t, n, a = batch, cfg.latent_steps, cfg.cameras, cfg.conditioning.max_agents
         feats = torch.rand(b, t, n, a, 13, generator=g)
         feats[..., 4:7] = 20 * torch.randn(b, t, n, a, 3, generator=g)          # centre in the camera frame (m)
         feats[..., 7:10] = 1 + 4 * torch.rand(b, t, n, a, 3, generator=g)       # size (m)
@@ -84,8 +85,8 @@ class SyntheticWorld:
         cond = {
             "action": torch.stack([30 * torch.rand(b, t, generator=g), 0.03 * torch.randn(b, t, generator=g)], -1),
             "agents": feats, "agents_valid": valid, "metadata": metadata,
-            "clip": torch.randn(b, n, cfg.clip_dim, generator=g),
-            "scenario": torch.randn(b, cfg.scenario_dim, generator=g),
+            "clip": torch.randn(b, n, cfg.conditioning.clip_dim, generator=g),
+            "scenario": torch.randn(b, cfg.conditioning.scenario_dim, generator=g),
         }
         spacing = 0.2 + 0.4 * torch.rand(b, 1, generator=g)                      # seconds between latent steps
         timestamps = (torch.arange(t, dtype=torch.float32) - (t - 1)) * spacing  # (B, T), 0 = the present
@@ -104,7 +105,7 @@ class SyntheticWorld:
         action = normalise_action(cond["action"]) @ self.w_action                            # (B, T, L)
         valid = cond["agents_valid"].float()[..., None]                                      # (B, T, N, A, 1)
         boxes = torch.cat([cond["agents"][..., :4], torch.ones_like(cond["agents"][..., :1])], -1)
-        agents = (boxes * valid).sum(3) / cfg.max_agents @ self.w_agents                      # (B, T, N, L)
+        agents = (boxes * valid).sum(3) / cfg.conditioning.max_agents @ self.w_agents                      # (B, T, N, L)
         meta = sum(self.meta_tables[k][cond["metadata"][:, i]] for i, k in enumerate(METADATA_KEYS))   # (B, L)
         clip = cond["clip"] @ self.w_clip                                                    # (B, N, L)
         scenario = cond["scenario"] @ self.w_scenario                                        # (B, L)
@@ -148,7 +149,8 @@ def trained() -> Trained:
         model = WorldModel(cfg).train()
     world = SyntheticWorld(cfg, seed=1)
     g = torch.Generator().manual_seed(2)
-    taus, tasks = TauSampler(), TaskSampler()
+    f = train_config.paper().flow
+    taus, tasks = TauSampler(f.tau_weights, f.tau_means, f.tau_stds), TaskSampler(f.p_scratch, f.p_context, f.p_inpaint)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
     losses = [train_step(model, opt, world, taus, tasks, g) for _ in range(STEPS)]
     return Trained(model.eval(), world, losses)
@@ -161,7 +163,7 @@ def train_step(model: WorldModel, opt: torch.optim.Optimizer, world: SyntheticWo
     cond, timestamps, camera = world.conditioning(BATCH, g)
     x = world.latents(cond, timestamps, camera, g)
     eps = torch.randn(x.shape, generator=g)
-    task = tasks.sample(BATCH, cfg.frames, cfg.cameras, cfg.height, cfg.width, g)
+    task = tasks.sample(BATCH, cfg.latent_steps, cfg.cameras, cfg.height, cfg.width, g)
     camera_mask = model.conditioning.sample_camera_keep(BATCH, cfg.cameras, g)
     flow = build_inputs(x, eps, taus.sample(BATCH, g), task.clean_mask, camera_mask)
     keep = model.conditioning.sample_keep(BATCH, g)
@@ -182,7 +184,7 @@ def base_inputs(world: SyntheticWorld, seed: int = 3, batch: int = 2) -> Inputs:
     tau = torch.full((batch,), 0.5)
     x_in = 0.5 * x + 0.5 * torch.randn(x.shape, generator=g)
     assert bool(cond["agents_valid"].flatten(1).any(1).all())
-    return {"x": x_in, "tau": tau[:, None].expand(batch, world.cfg.frames).clone(), "cond": cond,
+    return {"x": x_in, "tau": tau[:, None].expand(batch, world.cfg.latent_steps).clone(), "cond": cond,
             "timestamps": timestamps, "camera": camera}
 
 

@@ -10,8 +10,8 @@ from gaia2.world_model.inputs import example_inputs
 from gaia2.world_model.train_config import train_config
 from gaia2.world_model.trainer import WorldModelTrainer, present_relative
 
-MODEL = {"dim": 32, "heads": 2, "depth": 1, "cameras": 2, "max_cameras": 3, "max_agents": 3, "height": 2,
-         "width": 3, "frames": 3, "latent_dim": 4, "clip_dim": 8, "scenario_dim": 8}
+MODEL = {"dim": 32, "heads": 2, "depth": 1, "cameras": 2, "height": 2, "width": 3, "latent_steps": 3, "latent_dim": 4,
+         "conditioning": {"max_cameras": 3, "max_agents": 3, "clip_dim": 8, "scenario_dim": 8}}
 
 
 def _cfg(**extra):
@@ -25,9 +25,9 @@ def _batch(cfg, seed=0, b=2):
     g = torch.Generator().manual_seed(seed)
     inp = example_inputs(cfg.model, batch=b, generator=g, scenario=False)
     # Latents with structure to learn: a per-channel offset plus a smooth ramp over time.
-    ramp = torch.linspace(-1, 1, cfg.model.frames).view(1, -1, 1, 1, 1, 1)
+    ramp = torch.linspace(-1, 1, cfg.model.latent_steps).view(1, -1, 1, 1, 1, 1)
     latents = 0.3 * ramp + 0.1 * torch.arange(cfg.model.latent_dim).view(1, 1, 1, -1, 1, 1) + 0.02 * inp["x"]
-    return {"latents": latents, "timestamps": torch.arange(cfg.model.frames).float().expand(b, -1) * 0.27,
+    return {"latents": latents, "timestamps": torch.arange(cfg.model.latent_steps).float().expand(b, -1) * 0.27,
             **{k: v for k, v in inp["cond"].items()}, **inp["camera"]}
 
 
@@ -44,7 +44,16 @@ def test_training_reduces_the_flow_loss():
     assert after["baseline_loss"] > 0 and after["improvement"] == pytest.approx(1 - after["loss"] / after["baseline_loss"])
 
 
-def test_resume_from_state_dict_continues_bit_for_bit(tmp_path):
+def _through_a_checkpoint(trainer, fresh, tmp_path):
+    """Save ``trainer`` with the jobs' checkpointer (DCP, one process) and restore it into ``fresh``."""
+    from jobs import checkpoint
+
+    checkpoint.save(str(tmp_path), trainer, rank=0, world=1, data={"epoch": 0, "batch": trainer.step}, config={})
+    checkpoint.load(str(tmp_path), fresh, checkpoint.validate(str(tmp_path), 0, 1, {}))
+    return fresh
+
+
+def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     cfg = _cfg()
     batches = [_batch(cfg, seed=i) for i in range(6)]
     straight = WorldModelTrainer(cfg)
@@ -52,9 +61,7 @@ def test_resume_from_state_dict_continues_bit_for_bit(tmp_path):
     first = WorldModelTrainer(cfg)
     for b in batches[:3]:
         first.train_step(b)
-    torch.save(first.state_dict(), tmp_path / "state.pt")
-    resumed = WorldModelTrainer(cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    resumed = _through_a_checkpoint(first, WorldModelTrainer(cfg), tmp_path)
     assert [float(resumed.train_step(b)["loss"]) for b in batches[3:]] == losses[3:]
     for a, b in zip(straight.ema.model.state_dict().values(), resumed.ema.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -5,9 +5,10 @@ cross-attention tokens), conditioning and camera dropout."""
 from gaia2.conditioning.action import (CURVATURE_MAX, CURVATURE_SCALE, SPEED_MAX, SPEED_SCALE, ActionEncoder,
                                        normalise_action, symlog)
 from gaia2.conditioning.agents import AgentEncoder, instance_dropout
+from gaia2.conditioning.config import ConditioningConfig
 from gaia2.conditioning.dropout import ConditioningDropout, camera_dropout
 from gaia2.conditioning.embeddings import ClipProjection, ScenarioProjection, init_weights
-from gaia2.conditioning.encoder import VARIABLES, ConditioningConfig, ConditioningEncoder, ConditioningOutput
+from gaia2.conditioning.encoder import VARIABLES, ConditioningEncoder, ConditioningOutput
 from gaia2.conditioning.metadata import MetadataEncoder
 
 __all__ = ["CURVATURE_MAX", "CURVATURE_SCALE", "SPEED_MAX", "SPEED_SCALE", "VARIABLES", "ActionEncoder",

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from gaia2.conditioning.action import ActionEncoder
@@ -29,24 +28,12 @@ from gaia2.conditioning.agents import AgentEncoder
 from gaia2.conditioning.dropout import ConditioningDropout, camera_dropout
 from gaia2.conditioning.embeddings import EMBED_STD, ClipProjection, ScenarioProjection
 from gaia2.conditioning.metadata import MetadataEncoder
-from gaia2.config.base import StrictModel
+from gaia2.conditioning.config import ConditioningConfig
 from gaia2.schema.metadata import METADATA_KEYS
 
 VARIABLES: tuple[str, ...] = ("action", "agents", "metadata", "clip", "scenario")
 REQUIRED_KEYS: tuple[str, ...] = ("action", "agents", "agents_valid", "metadata", "clip")
 OPTIONAL_KEYS: tuple[str, ...] = ("scenario", "camera_valid")
-
-
-class ConditioningConfig(StrictModel):
-    dim: int = Field(64, gt=0, description="C: width of every conditioning token and of the action embedding")
-    max_cameras: int = Field(6, gt=0, description="camera slots of the agent / CLIP camera embeddings")
-    max_agents: int = Field(32, gt=0, description="A: agent box slots per camera and step")
-    clip_dim: int = Field(16, gt=0, description="D_clip: CLIP embedding width")
-    scenario_dim: int = Field(32, gt=0, description="D_scenario: external scenario embedding width")
-    feature_dropout: float = Field(0.3, ge=0, le=1, description="agent feature-dimension dropout (training)")
-    p_each: float = Field(0.8, ge=0, le=1, description="each conditioning variable dropped with this probability")
-    p_all: float = Field(0.1, ge=0, le=1, description="all conditioning variables dropped together")
-    camera_dropout: float = Field(0.1, ge=0, lt=1, description="input camera views dropped with this probability")
 
 
 @dataclass
@@ -69,15 +56,16 @@ class ConditioningEncoder(nn.Module):
     tables and learned null / missing vectors N(0, 0.02^2).
     """
 
-    def __init__(self, cfg: ConditioningConfig) -> None:
+    def __init__(self, cfg: ConditioningConfig, dim: int) -> None:
+        """``dim``: C, the width of every token and of the action embedding (the world model's)."""
         super().__init__()
-        self.cfg = cfg
-        self.action = ActionEncoder(cfg.dim)
-        self.agents = AgentEncoder(cfg.dim, cfg.max_cameras, cfg.max_agents, cfg.feature_dropout)
-        self.metadata = MetadataEncoder(cfg.dim)
-        self.clip = ClipProjection(cfg.clip_dim, cfg.dim, cfg.max_cameras)
-        self.scenario = ScenarioProjection(cfg.scenario_dim, cfg.dim)
-        self.null_token = nn.Parameter(torch.empty(cfg.dim))
+        self.cfg, self.dim = cfg, dim
+        self.action = ActionEncoder(dim)
+        self.agents = AgentEncoder(dim, cfg.max_cameras, cfg.max_agents, cfg.feature_dropout)
+        self.metadata = MetadataEncoder(dim)
+        self.clip = ClipProjection(cfg.clip_dim, dim, cfg.max_cameras)
+        self.scenario = ScenarioProjection(cfg.scenario_dim, dim)
+        self.null_token = nn.Parameter(torch.empty(dim))
         nn.init.normal_(self.null_token, std=EMBED_STD)
         self.dropout = ConditioningDropout(cfg.p_each, cfg.p_all)
 
@@ -155,7 +143,7 @@ class ConditioningEncoder(nn.Module):
             scen = self.scenario(cond["scenario"])                                           # (B, 1, C)
             scen_mask = keep["scenario"][:, None]
         else:
-            scen = torch.zeros(b, 1, self.cfg.dim, dtype=clip_tok.dtype, device=device)
+            scen = torch.zeros(b, 1, self.dim, dtype=clip_tok.dtype, device=device)
             scen_mask = torch.zeros(b, 1, dtype=torch.bool, device=device)
 
         null = self.null_token.to(clip_tok.dtype).expand(b, 1, -1)

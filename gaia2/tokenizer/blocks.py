@@ -13,12 +13,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from gaia2.nn import MLP, sincos_2d, sincos_3d
+from gaia2.nn import MLP
 from gaia2.tokenizer.config import Stride
 
-# sincos_2d and sincos_3d are re-exported: the encoder and decoder import them from here.
-__all__ = ["Attention", "DownConv", "SpaceTimeBlock", "SpatialBlock", "UpConv", "attend_space", "attend_time",
-           "sincos_2d", "sincos_3d"]
+__all__ = ["Attention", "DownConv", "SpaceTimeBlock", "SpatialBlock", "UpConv", "attend_space", "attend_time"]
 
 
 class Attention(nn.Module):

@@ -48,8 +48,6 @@ class TokenizerConfig(StrictModel):
 
     log_std_min: float = Field(-10.0, description="encoder log-std is clamped to [log_std_min, log_std_max]")
     log_std_max: float = Field(2.0)
-    checkpoint_activations: bool = Field(False, description="recompute transformer blocks in backward "
-                                                            "(torch.utils.checkpoint) to save memory")
 
     @property
     def temporal_factor(self) -> int:

@@ -10,13 +10,12 @@ by the decoder rather than interpolated afterwards, and every pixel of every fra
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from gaia2.tokenizer.blocks import SpaceTimeBlock, UpConv, sincos_3d
+from gaia2.nn import sincos_3d
+from gaia2.tokenizer.blocks import SpaceTimeBlock, UpConv
 from gaia2.tokenizer.config import TokenizerConfig
 
 
@@ -47,9 +46,8 @@ class Decoder(nn.Module):
         """x (B, T, H, W, D) -> same shape; positions re-added at each stage input (grid changed)."""
         t, h, w = x.shape[1:4]
         x = x + sincos_3d(t, h, w, self.cfg.dim, x.device).to(x.dtype)
-        use_ckpt = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x)
+        for block in blocks:   # activation checkpointing, when wanted, wraps them (jobs/parallelize.py)
+            x = block(x)
         return x
 
     def forward(self, latents: Tensor) -> Tensor:

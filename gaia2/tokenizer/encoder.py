@@ -6,12 +6,11 @@ convolutions zero-pad at chunk borders, and the transformer blocks attend only w
 
 from __future__ import annotations
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from gaia2.tokenizer.blocks import DownConv, SpatialBlock, sincos_2d
+from gaia2.nn import sincos_2d
+from gaia2.tokenizer.blocks import DownConv, SpatialBlock
 from gaia2.tokenizer.config import TokenizerConfig
 
 
@@ -49,9 +48,8 @@ class Encoder(nn.Module):
         x = self.down(self.patch(x))            # (B*n, D, out_t, H*out_h/s, W*out_w/s), out_* = out_stride
         x = rearrange(x, "b c t h w -> b t h w c")
         x = x + sincos_2d(x.shape[2], x.shape[3], cfg.dim, x.device).to(x.dtype)
-        use_ckpt = cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x)
+        for block in self.blocks:   # activation checkpointing, when wanted, wraps them (jobs/parallelize.py)
+            x = block(x)
         x = self.out_down(rearrange(x, "b t h w c -> b c t h w"))         # (B*n, D, 1, H/s, W/s)
         moments = self.to_moments(self.norm(rearrange(x, "b c t h w -> b t h w c")))
         moments = rearrange(moments, "(b n) t h w c -> b c (n t) h w", b=b)  # t == 1

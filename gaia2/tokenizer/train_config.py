@@ -12,78 +12,40 @@ the initial weights after a few hundred steps), so those two differ; everything 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 from pydantic import Field, model_validator
 
 from gaia2.config.base import ConfigError, StrictModel, build_config
+from gaia2.config.training import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, WorkersConfig
 from gaia2.tokenizer import config as model_presets
 from gaia2.tokenizer import discriminator as disc_presets
 from gaia2.tokenizer.config import TokenizerConfig
-from gaia2.tokenizer.discriminator import DISCRIMINATOR_LR, GAN_WEIGHT, DiscriminatorConfig
+from gaia2.tokenizer.discriminator import DiscriminatorConfig
 from gaia2.tokenizer.losses import LossWeights, lpips_backbone_cache_path
-
-
-class OptimConfig(StrictModel):
-    lr: float = Field(1e-4, gt=0, description="base learning rate after warm-up")
-    final_lr: float = Field(1e-5, ge=0, description="learning rate at the end of the cool-down")
-    warmup_steps: int = Field(2500, ge=0)
-    cooldown_steps: int = Field(5000, ge=0, description="linear cool-down over the last steps of the main stage")
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
 
 
 class GanConfig(StrictModel):
     """Decoder fine-tune after the main stage: encoder frozen, reconstruction losses + weight x adversarial."""
-    steps: int = Field(20000, ge=0, description="fine-tune steps after the main stage (0 = none)")
-    weight: float = Field(GAN_WEIGHT, ge=0)
-    disc_lr: float = Field(DISCRIMINATOR_LR, gt=0, description="discriminator learning rate (constant)")
-    lr: float = Field(1e-5, gt=0, description="decoder learning rate during the fine-tune (constant; the "
-                                              "main stage ends at optim.final_lr)")
-    discriminator: DiscriminatorConfig = Field(default_factory=disc_presets.paper)
+    steps: int = Field(ge=0, description="fine-tune steps after the main stage (0 = none)")
+    weight: float = Field(ge=0, description="weight of the adversarial loss")
+    disc_lr: float = Field(gt=0, description="discriminator learning rate (constant)")
+    lr: float = Field(gt=0, description="decoder learning rate during the fine-tune (constant; the main stage "
+                                        "ends at optim.final_lr)")
+    discriminator: DiscriminatorConfig
 
 
-class DataConfig(StrictModel):
-    shards: str | None = Field(None, description="shard build directory (train/ and val/ WebDataset shards)")
-    batch_size: int = Field(1, ge=1, description="clips per worker and step (global batch = workers x this)")
-    shuffle_buffer: int = Field(64, ge=0, description="rows in each worker's local shuffle buffer (0 = none)")
-    val_clips: int = Field(64, ge=1, description="validation clips evaluated (the first ones of the val split)")
-    decode_cpus: float = Field(0.5, gt=0, description="logical CPUs per Ray Data decode task")
-    decode_batch: int = Field(4, ge=1, description="samples per decode task call")
-
-
-class ScheduleConfig(StrictModel):
-    steps: int = Field(300000, ge=1, description="main-stage steps (all losses, encoder and decoder)")
-    log_every: int = Field(100, ge=1)
-    val_every: int = Field(5000, ge=1, description="validation (EMA model) every this many steps and at the end")
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
+class TokenizerSchedule(ScheduleConfig):
     preview_clips: int = Field(4, ge=0, description="validation clips in the reconstruction video artifact")
 
 
-class WorkersConfig(StrictModel):
-    num_workers: int = Field(128, ge=1)
-    use_gpu: bool = True
-    cpus_per_worker: float = Field(8, gt=0)
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker; null = its CPUs")
-    max_failures: int = Field(3, ge=-1, description="worker failures survived (restart from the last checkpoint)")
-
-
-class TokenizerTrainConfig(StrictModel):
-    preset: str = "tiny"
-    seed: int = 0
-    model: TokenizerConfig = Field(default_factory=model_presets.tiny)
-    # The paper's weights, unvalidated here: DINO needs a local path, which a preset cannot know, so a
-    # config without one fails when it is built (build_config validates everything) naming loss.dino_path.
+class TokenizerTrainConfig(TrainConfig):
+    model: TokenizerConfig
+    # DINO needs a local path, which a preset cannot know: the paper's weights are set unvalidated, and a
+    # config without a path fails when it is built (build_config validates everything), naming loss.dino_path.
     loss: LossWeights = Field(default_factory=LossWeights.model_construct)
-    optim: OptimConfig = OptimConfig()
-    gan: GanConfig = GanConfig()
-    data: DataConfig = DataConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    workers: WorkersConfig = WorkersConfig()
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on GPUs (CPU runs stay fp32)")
+    gan: GanConfig
+    schedule: TokenizerSchedule
 
     @property
     def total_steps(self) -> int:
@@ -91,28 +53,43 @@ class TokenizerTrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TokenizerTrainConfig":
-        if self.optim.final_lr > self.optim.lr:
-            raise ValueError(f"optim.final_lr: {self.optim.final_lr} is above optim.lr {self.optim.lr}")
+        if self.workers.strategy == "fsdp":
+            # The tokenizer (285M parameters with the paper preset) fits every GPU replicated; its two-stage
+            # objective (autoencoder, then decoder + discriminator) is written for replicated parameters.
+            raise ValueError("workers.strategy: the tokenizer trains with ddp (fsdp is for the world model)")
         return self
 
 
 def paper() -> TokenizerTrainConfig:
-    # bf16 autocast and activation checkpointing: 24 x 448 x 960 clips through a 285M-parameter
-    # autoencoder at one clip per H100.
-    model = model_presets.paper().model_copy(update={"checkpoint_activations": True})
-    return TokenizerTrainConfig(preset="paper", model=model, precision="bf16")
+    """Paper section 4: bf16 autocast and activation checkpointing, 24 x 448 x 960 clips through a
+    285M-parameter autoencoder at one clip per H100."""
+    return TokenizerTrainConfig(
+        preset="paper",
+        model=model_presets.paper(),
+        optim=OptimConfig(lr=1e-4, final_lr=1e-5, schedule="warmup_cooldown", warmup_steps=2500, cooldown_steps=5000,
+                          betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, ema_decay=0.9999),
+        gan=GanConfig(steps=20000, weight=0.1, disc_lr=1e-5, lr=1e-5, discriminator=disc_presets.paper()),
+        data=DataConfig(batch_size=1, shuffle_buffer=64, val_samples=64, read_cpus=0.5, read_batch=4),
+        schedule=TokenizerSchedule(steps=300000, log_every=100, val_every=5000, checkpoint_every=1000,
+                                   keep_checkpoints=3, preview_clips=4),
+        workers=WorkersConfig(num_workers=128, use_gpu=True, cpus_per_worker=8, max_failures=3, strategy="ddp",
+                              activation_checkpointing=True),
+        precision="bf16",
+    )
 
 
 def tiny() -> TokenizerTrainConfig:
     return TokenizerTrainConfig(
         preset="tiny",
         model=model_presets.tiny(),
-        optim=OptimConfig(lr=1e-3, final_lr=1e-4, warmup_steps=20, cooldown_steps=100, ema_decay=0.99),
-        gan=GanConfig(steps=20, lr=1e-4, discriminator=disc_presets.tiny()),
-        data=DataConfig(batch_size=8, shuffle_buffer=32, val_clips=24, decode_cpus=0.5, decode_batch=4),
-        schedule=ScheduleConfig(steps=300, log_every=10, val_every=100, checkpoint_every=50, keep_checkpoints=2,
-                                preview_clips=4),
-        workers=WorkersConfig(num_workers=1, use_gpu=False, cpus_per_worker=1, torch_threads=None, max_failures=2),
+        optim=OptimConfig(lr=1e-3, final_lr=1e-4, schedule="warmup_cooldown", warmup_steps=20, cooldown_steps=100,
+                          betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, ema_decay=0.99),
+        gan=GanConfig(steps=20, weight=0.1, disc_lr=1e-5, lr=1e-4, discriminator=disc_presets.tiny()),
+        data=DataConfig(batch_size=8, shuffle_buffer=32, val_samples=24, read_cpus=0.5, read_batch=4),
+        schedule=TokenizerSchedule(steps=300, log_every=10, val_every=100, checkpoint_every=50, keep_checkpoints=2,
+                                   preview_clips=4),
+        workers=WorkersConfig(num_workers=1, use_gpu=False, cpus_per_worker=1, max_failures=2, strategy="ddp"),
+        precision="fp32",
     )
 
 

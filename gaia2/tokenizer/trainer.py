@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from gaia2.optim import EMA, warmup_cooldown_lr
+from gaia2.optim import EMA
 from gaia2.tokenizer.clips import to_model_input
 from gaia2.tokenizer.discriminator import Discriminator3D, discriminator_loss, generator_adversarial_loss
 from gaia2.tokenizer.losses import TokenizerLoss
@@ -26,7 +26,7 @@ from gaia2.tokenizer.metrics import ReconstructionMetrics
 from gaia2.tokenizer.model import Tokenizer
 from gaia2.tokenizer.train_config import TokenizerTrainConfig
 
-Wrap = Callable[[nn.Module], nn.Module]
+Parallelize = Callable[[nn.Module], nn.Module]
 
 
 def _identity(module: nn.Module) -> nn.Module:
@@ -79,21 +79,26 @@ def _param_groups(params: Iterable[tuple[str, nn.Parameter]], weight_decay: floa
 class TokenizerTrainer:
     """Holds model, losses, optimisers, EMA and RNG; ``train_step`` consumes one batch of uint8 clips.
 
-    ``wrap`` turns a module into its distributed form (``ray.train.torch.prepare_model`` on several
-    workers, the identity otherwise); it is applied to each stage's objective and to the discriminator.
+    ``parallelize`` turns a module into its distributed form (data-parallel on several workers, the
+    identity otherwise); it is applied to each stage's objective, to the discriminator and to the EMA copy.
     """
 
     def __init__(self, cfg: TokenizerTrainConfig, device: torch.device | str = "cpu", rank: int = 0,
-                 wrap: Wrap = _identity) -> None:
-        self.cfg, self.device, self.wrap = cfg, torch.device(device), wrap
+                 parallelize: Parallelize = _identity) -> None:
+        self.cfg, self.device, self.wrap = cfg, torch.device(device), parallelize
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
         self.model = Tokenizer(cfg.model).to(self.device)
         self.loss = TokenizerLoss(cfg.loss, cfg.model.latent_dim).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay)
+        parallelize(self.ema.model)
+        # What the main stage trains: the tokenizer and the DINO projection of the distillation loss (the
+        # frozen LPIPS / DINOv2 networks stay out of the optimiser and the checkpoints).
+        self.trainable = nn.ModuleDict({"model": self.model})
+        if self.loss.dino is not None:
+            self.trainable["dino_proj"] = self.loss.dino.proj
         o = cfg.optim
-        named = list(self.model.named_parameters()) + [(f"loss.{i}", p) for i, p in
-                                                        enumerate(self.loss.trainable_parameters())]
-        self.optimizer = torch.optim.AdamW(_param_groups(named, o.weight_decay), lr=o.lr, betas=o.betas)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.trainable.named_parameters(), o.weight_decay),
+                                           lr=o.lr, betas=o.betas)
         self.step = 0
         # Crops are drawn on the CPU (data lives there); latent noise on the model's device.
         self.crop_rng = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
@@ -112,10 +117,8 @@ class TokenizerTrainer:
 
     def lr(self, step: int | None = None) -> float:
         step = self.step if step is None else step
-        o = self.cfg.optim
         if step < self.cfg.schedule.steps:
-            return warmup_cooldown_lr(step, self.cfg.schedule.steps, o.lr, o.warmup_steps, o.cooldown_steps,
-                                      o.final_lr)
+            return self.cfg.optim.lr_at(step, self.cfg.schedule.steps)
         return self.cfg.gan.lr
 
     def _enter_gan_stage(self) -> None:
@@ -244,38 +247,26 @@ class TokenizerTrainer:
         return metrics
 
     # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        state = {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "loss": self.loss.trainable_state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"crop": self.crop_rng.get_state(), "noise": self.noise_rng.get_state()},
-        }
+    def stateful(self) -> dict:
+        """The parts a checkpoint holds (see jobs/checkpoint.py): modules, and (module, optimizer) pairs;
+        the discriminator and the GAN-stage optimisers once that stage has begun."""
+        parts = {"model": self.trainable, "ema": self.ema.model, "optimizer": (self.trainable, self.optimizer)}
         if self.disc is not None:
-            state["gan"] = {"disc": self.disc.state_dict(), "gan_optimizer": self.gan_optimizer.state_dict(),
-                            "disc_optimizer": self.disc_optimizer.state_dict()}
-        return state
+            parts.update({"disc": self.disc, "gan_optimizer": (self.model.decoder, self.gan_optimizer),
+                          "disc_optimizer": (self.disc, self.disc_optimizer)})
+        return parts
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        if state["loss"]:
-            # Only the trainable part (the DINO projection) is checkpointed; the frozen networks come from disk.
-            unexpected = self.loss.load_state_dict(state["loss"], strict=False).unexpected_keys
-            if unexpected or set(state["loss"]) != set(self.loss.trainable_state_dict()):
-                raise ValueError(f"checkpoint: loss weights {sorted(state['loss'])} do not match this "
-                                 f"configuration's {sorted(self.loss.trainable_state_dict())}")
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.crop_rng.set_state(state["rng"]["crop"])
-        self.noise_rng.set_state(state["rng"]["noise"])
-        self.step = int(state["step"])
-        if "gan" in state:
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"crop": self.crop_rng.get_state(), "noise": self.noise_rng.get_state()}
+
+    def restore(self, step: int, rng: dict[str, Tensor]) -> None:
+        """Resume at ``step`` with these generator states; builds the GAN stage's parts when ``step`` is in
+        it, so that their tensors can then be loaded."""
+        self.step = step
+        self.crop_rng.set_state(rng["crop"])
+        self.noise_rng.set_state(rng["noise"])
+        if self.stage == "gan":
             self._enter_gan_stage()
-            self.disc.load_state_dict(state["gan"]["disc"])
-            self.gan_optimizer.load_state_dict(state["gan"]["gan_optimizer"])
-            self.disc_optimizer.load_state_dict(state["gan"]["disc_optimizer"])
         self._objective_stage = None   # rebuild (and re-wrap) the objective for the restored stage
 
 

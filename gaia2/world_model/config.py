@@ -1,6 +1,6 @@
 """Configuration of the latent world model: presets ``paper`` (GAIA-2 section 2.2.1) and ``tiny`` (CPU, tests).
 
-The training sample is ``frames`` latent steps x ``cameras`` x ``height`` x ``width`` tokens of
+The training sample is ``latent_steps`` x ``cameras`` x ``height`` x ``width`` tokens of
 ``latent_dim`` channels: (6, 5, 14, 30) x 64 for ``paper`` (48 frames, 5 cameras, 448 x 960 through
 the tokenizer) = 12,600 tokens.
 """
@@ -11,13 +11,14 @@ from typing import Any, Mapping
 
 from pydantic import Field, model_validator
 
+from gaia2.conditioning.config import ConditioningConfig
 from gaia2.config.base import StrictModel, build_config
 
 
 class WorldModelConfig(StrictModel):
     preset: str = "tiny"
     # The training sample (in latents).
-    frames: int = Field(6, gt=0, description="T: latent time steps per training sample (48 video frames / 8)")
+    latent_steps: int = Field(6, gt=0, description="T: latent time steps per training sample (48 video frames / 8)")
     cameras: int = Field(5, gt=0, description="N: cameras per training sample")
     height: int = Field(4, gt=0, description="H: latent grid height")
     width: int = Field(8, gt=0, description="W: latent grid width")
@@ -32,22 +33,14 @@ class WorldModelConfig(StrictModel):
     tau_frequencies: int = Field(128, gt=0, description="sinusoidal features of the flow time (x2: sin, cos)")
     time_frequencies: int = Field(16, gt=0, description="Fourier features of the normalised timestamp (x2)")
     time_horizon_s: float = Field(4.0, gt=0, description="seconds that map to +-1 in the timestamp encoding")
-    checkpoint_activations: bool = Field(False, description="recompute each block in backward (memory for compute)")
 
-    # Conditioning (sizes of the inputs the encoders accept).
-    max_cameras: int = Field(6, gt=0, description="camera slots of the agent / CLIP encoders (rigs of 5 or 6)")
-    max_agents: int = Field(32, gt=0, description="B: agent box slots per camera and step (the shards' max_boxes)")
-    clip_dim: int = Field(16, gt=0, description="CLIP image-embedding width of the shards")
-    scenario_dim: int = Field(32, gt=0, description="width of the external scenario embedding")
-    feature_dropout: float = Field(0.3, ge=0, le=1, description="agent feature-dimension dropout")
-    p_each: float = Field(0.8, ge=0, le=1, description="each conditioning variable dropped with this probability")
-    p_all: float = Field(0.1, ge=0, le=1, description="all conditioning dropped together with this probability")
-    camera_dropout: float = Field(0.1, ge=0, lt=1, description="input camera views dropped with this probability")
+    conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig,
+                                             description="sizes of the conditioning inputs, dropout rates")
 
     @property
     def tokens(self) -> int:
         """Tokens of one training sample: T x N x H x W."""
-        return self.frames * self.cameras * self.height * self.width
+        return self.latent_steps * self.cameras * self.height * self.width
 
     @model_validator(mode="after")
     def _check(self) -> "WorldModelConfig":
@@ -55,8 +48,9 @@ class WorldModelConfig(StrictModel):
             raise ValueError(f"dim: {self.dim} is not divisible by heads {self.heads}")
         if self.dim % 4:
             raise ValueError(f"dim: {self.dim} must be a multiple of 4 (2-D sinusoidal position encoding)")
-        if self.cameras > self.max_cameras:
-            raise ValueError(f"cameras: {self.cameras} is more than max_cameras {self.max_cameras}")
+        if self.cameras > self.conditioning.max_cameras:
+            raise ValueError(f"cameras: {self.cameras} is more than conditioning.max_cameras "
+                             f"{self.conditioning.max_cameras}")
         return self
 
 
@@ -66,9 +60,9 @@ def paper() -> WorldModelConfig:
     Conditioning sizes: CLIP ViT-L/14 image embeddings (768), 64 agent slots (the paper shard preset).
     """
     return WorldModelConfig(
-        preset="paper", frames=6, cameras=5, height=14, width=30, latent_dim=64,
-        dim=4096, depth=22, heads=32, mlp_ratio=4.0, time_horizon_s=4.0, checkpoint_activations=True,
-        max_cameras=6, max_agents=64, clip_dim=768, scenario_dim=512,
+        preset="paper", latent_steps=6, cameras=5, height=14, width=30, latent_dim=64,
+        dim=4096, depth=22, heads=32, mlp_ratio=4.0, time_horizon_s=4.0,
+        conditioning=ConditioningConfig(max_cameras=6, max_agents=64, clip_dim=768, scenario_dim=512),
     )
 
 

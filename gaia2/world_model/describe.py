@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gaia2.world_model.config import world_model_config
 from gaia2.world_model.inputs import example_inputs
 from gaia2.world_model.model import WorldModel
+from gaia2.world_model.train_config import train_config
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -27,7 +27,8 @@ def describe(preset: str) -> dict[str, Any]:
       backward); with activation checkpointing the backward recomputes the forward, so the hardware
       executes 4x forward, which MFU does not count.
     """
-    cfg = world_model_config(preset)
+    training = train_config(preset)   # the preset's training decides activation checkpointing
+    cfg = training.model
     with torch.device("meta"):
         model = WorldModel(cfg)
         inputs = example_inputs(cfg, batch=1, device="meta")
@@ -45,9 +46,10 @@ def describe(preset: str) -> dict[str, Any]:
         "params_per_block": count_params(model.blocks[0]),
         "block_breakdown": {name: count_params(child) for name, child in model.blocks[0].named_children()},
         "modules": dict(Counter(type(m).__name__ for m in model.modules())),
-        "sample_shape": {"T": cfg.frames, "N": cfg.cameras, "H": cfg.height, "W": cfg.width, "L": cfg.latent_dim},
+        "sample_shape": {"T": cfg.latent_steps, "N": cfg.cameras, "H": cfg.height, "W": cfg.width,
+                         "L": cfg.latent_dim},
         "tokens": cfg.tokens,
         "flops_forward_per_sample": forward,
         "flops_per_training_step_per_sample": 3 * forward,
-        "flops_executed_per_training_step_per_sample": (4 if cfg.checkpoint_activations else 3) * forward,
+        "flops_executed_per_training_step_per_sample": (4 if training.workers.activation_checkpointing else 3) * forward,
     }

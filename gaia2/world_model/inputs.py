@@ -15,7 +15,7 @@ def example_inputs(cfg: WorldModelConfig, batch: int = 1, device: str | torch.de
                    generator: torch.Generator | None = None, scenario: bool = True) -> dict:
     """Keyword arguments of ``WorldModel.forward`` for ``batch`` samples of the config's training shape:
     ``x``, ``tau``, ``cond``, ``timestamps``, ``camera``. Random where the device allows (not on meta)."""
-    b, t, n = batch, cfg.frames, cfg.cameras
+    b, t, n = batch, cfg.latent_steps, cfg.cameras
     device = torch.device(device)
     meta = device.type == "meta"
 
@@ -29,7 +29,7 @@ def example_inputs(cfg: WorldModelConfig, batch: int = 1, device: str | torch.de
             return torch.empty(*shape, device=device)
         return torch.randn(*shape, generator=generator).to(device)
 
-    a = cfg.max_agents
+    a = cfg.conditioning.max_agents
     agents = rand(b, t, n, a, AGENT_FEATURES)
     if not meta:
         agents[..., -1] = torch.randint(0, len(AGENT_CATEGORIES), (b, t, n, a), generator=generator).float()
@@ -42,10 +42,10 @@ def example_inputs(cfg: WorldModelConfig, batch: int = 1, device: str | torch.de
         "agents_valid": (rand(b, t, n, a) < 0.5) if not meta else torch.ones(b, t, n, a, dtype=torch.bool,
                                                                              device=device),
         "metadata": metadata,
-        "clip": randn(b, n, cfg.clip_dim),
+        "clip": randn(b, n, cfg.conditioning.clip_dim),
     }
     if scenario:
-        cond["scenario"] = randn(b, cfg.scenario_dim)
+        cond["scenario"] = randn(b, cfg.conditioning.scenario_dim)
     extrinsics = torch.eye(4, device=device).expand(b, n, 4, 4).clone() if not meta else torch.empty(
         b, n, 4, 4, device=device)
     return {

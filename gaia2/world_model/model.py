@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from gaia2.conditioning.encoder import ConditioningConfig, ConditioningEncoder
+from gaia2.conditioning.encoder import ConditioningEncoder
 from gaia2.nn import sinusoidal
 from gaia2.world_model.block import SpaceTimeBlock
 from gaia2.world_model.config import WorldModelConfig
@@ -37,20 +36,13 @@ class FlowTimeEmbedding(nn.Module):
         return self.fc2(F.silu(self.fc1(feats)))
 
 
-def conditioning_config(cfg: WorldModelConfig) -> ConditioningConfig:
-    return ConditioningConfig(dim=cfg.dim, max_cameras=cfg.max_cameras, max_agents=cfg.max_agents,
-                              clip_dim=cfg.clip_dim, scenario_dim=cfg.scenario_dim,
-                              feature_dropout=cfg.feature_dropout, p_each=cfg.p_each, p_all=cfg.p_all,
-                              camera_dropout=cfg.camera_dropout)
-
-
 class WorldModel(nn.Module):
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.latent_in = nn.Linear(cfg.latent_dim, cfg.dim)
         self.flow_time = FlowTimeEmbedding(cfg)
-        self.conditioning = ConditioningEncoder(conditioning_config(cfg))
+        self.conditioning = ConditioningEncoder(cfg.conditioning, cfg.dim)
         self.positions = PositionalEncoding(cfg)
         self.blocks = nn.ModuleList(SpaceTimeBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False)
@@ -99,10 +91,8 @@ class WorldModel(nn.Module):
         out = self.conditioning(cond, keep, generator=generator)
         cond_vec = self.flow_time(tau) + out.action                          # (B, T, C)
         pos = self.positions(timestamps, camera, hh, ww).to(h.dtype)         # (B, T, N, H, W, C)
-        use_ckpt = cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            args = (h, pos, cond_vec, out.tokens, out.mask, camera_mask)
-            h = checkpoint(block, *args, use_reentrant=False) if use_ckpt else block(*args)
+        for block in self.blocks:   # activation checkpointing, when wanted, wraps them (jobs/parallelize.py)
+            h = block(h, pos, cond_vec, out.tokens, out.mask, camera_mask)
         shift, scale = (v[:, :, None, None, None] for v in self.modulation_out(cond_vec))
         v = self.latent_out(modulate(self.norm_out(h), shift, scale))       # (B, T, N, H, W, L)
         return v.permute(0, 1, 2, 5, 3, 4)

@@ -10,34 +10,26 @@ preset it has a larger learning rate and a shorter EMA horizon, which a short ru
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 from pydantic import Field, model_validator
 
 from gaia2.config.base import StrictModel, build_config
+from gaia2.config.training import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, WorkersConfig
 from gaia2.world_model import config as model_presets
 from gaia2.world_model.config import WorldModelConfig
 
 
-class OptimConfig(StrictModel):
-    lr: float = Field(5e-5, gt=0)
-    final_lr: float = Field(6.5e-6, ge=0, description="end of the cosine decay")
-    warmup_steps: int = Field(2500, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
-
-
 class FlowConfig(StrictModel):
-    tau_weights: tuple[float, float] = (0.8, 0.2)
-    tau_means: tuple[float, float] = (0.5, -3.0)
-    tau_stds: tuple[float, float] = (1.4, 1.0)
-    p_scratch: float = Field(0.7, ge=0, le=1)
-    p_context: float = Field(0.2, ge=0, le=1)
-    p_inpaint: float = Field(0.1, ge=0, le=1)
-    latent_mean: float = 0.0
-    latent_std: float = Field(0.32, gt=0)
+    """Flow matching: the bimodal logit-normal tau mixture, the task mix, and the latent normalisation."""
+    tau_weights: tuple[float, float]
+    tau_means: tuple[float, float]
+    tau_stds: tuple[float, float]
+    p_scratch: float = Field(ge=0, le=1, description="generate every latent from noise")
+    p_context: float = Field(ge=0, le=1, description="keep the first context latents clean")
+    p_inpaint: float = Field(ge=0, le=1, description="regenerate a spatio-temporal rectangle")
+    latent_mean: float
+    latent_std: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "FlowConfig":
@@ -47,60 +39,44 @@ class FlowConfig(StrictModel):
         return self
 
 
-class DataConfig(StrictModel):
-    shards: str | None = Field(None, description="latent shard directory (train/ and val/), from encode-latents")
-    batch_size: int = Field(1, ge=1, description="samples per worker and step")
-    shuffle_buffer: int = Field(64, ge=0)
-    val_samples: int = Field(64, ge=1)
-    read_cpus: float = Field(0.5, gt=0, description="logical CPUs per Ray Data read/convert task")
+def paper_flow() -> FlowConfig:
+    """Paper section 4: tau ~ 0.8 logit-N(0.5, 1.4) + 0.2 logit-N(-3, 1); tasks 70 / 20 / 10; latents
+    normalised with (0, 0.32). The tiny preset trains the same objective."""
+    return FlowConfig(tau_weights=(0.8, 0.2), tau_means=(0.5, -3.0), tau_stds=(1.4, 1.0),
+                      p_scratch=0.7, p_context=0.2, p_inpaint=0.1, latent_mean=0.0, latent_std=0.32)
 
 
-class ScheduleConfig(StrictModel):
-    steps: int = Field(460000, ge=1)
-    log_every: int = Field(100, ge=1)
-    val_every: int = Field(5000, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
-
-
-class WorkersConfig(StrictModel):
-    num_workers: int = Field(256, ge=1)
-    use_gpu: bool = True
-    cpus_per_worker: float = Field(8, gt=0)
-    torch_threads: int | None = Field(None, ge=1)
-    max_failures: int = Field(3, ge=-1)
-    strategy: Literal["ddp", "fsdp"] = Field("fsdp", description="ddp: replicated model (small presets); "
-                                                               "fsdp: FSDP2 fully_shard per block (large ones)")
-
-
-class WorldModelTrainConfig(StrictModel):
-    preset: str = "tiny"
-    seed: int = 0
-    model: WorldModelConfig = Field(default_factory=model_presets.tiny)
-    optim: OptimConfig = OptimConfig()
-    flow: FlowConfig = FlowConfig()
-    data: DataConfig = DataConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    workers: WorkersConfig = WorkersConfig()
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast / FSDP mixed precision on GPUs")
-
-    @property
-    def total_steps(self) -> int:
-        return self.schedule.steps
+class WorldModelTrainConfig(TrainConfig):
+    model: WorldModelConfig
+    flow: FlowConfig
 
 
 def paper() -> WorldModelTrainConfig:
-    return WorldModelTrainConfig(preset="paper", model=model_presets.paper(), precision="bf16")
+    return WorldModelTrainConfig(
+        preset="paper",
+        model=model_presets.paper(),
+        optim=OptimConfig(lr=5e-5, final_lr=6.5e-6, schedule="warmup_cosine", warmup_steps=2500, betas=(0.9, 0.99),
+                          weight_decay=0.1, grad_clip=1.0, ema_decay=0.9999),
+        flow=paper_flow(),
+        data=DataConfig(batch_size=1, shuffle_buffer=64, val_samples=64, read_cpus=0.5, read_batch=8),
+        schedule=ScheduleConfig(steps=460000, log_every=100, val_every=5000, checkpoint_every=1000, keep_checkpoints=3),
+        workers=WorkersConfig(num_workers=256, use_gpu=True, cpus_per_worker=8, max_failures=3, strategy="fsdp",
+                              activation_checkpointing=True),
+        precision="bf16",
+    )
 
 
 def tiny() -> WorldModelTrainConfig:
     return WorldModelTrainConfig(
         preset="tiny",
         model=model_presets.tiny(),
-        optim=OptimConfig(lr=1e-3, final_lr=1e-4, warmup_steps=20, ema_decay=0.99),
-        data=DataConfig(batch_size=8, shuffle_buffer=32, val_samples=32, read_cpus=0.5),
+        optim=OptimConfig(lr=1e-3, final_lr=1e-4, schedule="warmup_cosine", warmup_steps=20, betas=(0.9, 0.99),
+                          weight_decay=0.1, grad_clip=1.0, ema_decay=0.99),
+        flow=paper_flow(),
+        data=DataConfig(batch_size=8, shuffle_buffer=32, val_samples=32, read_cpus=0.5, read_batch=8),
         schedule=ScheduleConfig(steps=300, log_every=10, val_every=100, checkpoint_every=50, keep_checkpoints=2),
         workers=WorkersConfig(num_workers=1, use_gpu=False, cpus_per_worker=1, max_failures=2, strategy="ddp"),
+        precision="fp32",
     )
 
 

@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from gaia2.flow import TaskSampler, TauSampler, build_inputs, flow_loss, grouped_sums, normalize, tau_buckets
 from gaia2.flow.tasks import TASK_NAMES
-from gaia2.optim import EMA, warmup_cosine_lr
+from gaia2.optim import EMA
 from gaia2.world_model.model import WorldModel
 from gaia2.world_model.train_config import WorldModelTrainConfig
 
-Wrap = Callable[[nn.Module], nn.Module]
+Parallelize = Callable[[nn.Module], nn.Module]
 TAU_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
 COND_KEYS = ("action", "agents", "agents_valid", "metadata", "clip", "scenario")
 CAMERA_KEYS = ("intrinsics", "extrinsics", "distortion")
@@ -44,16 +44,16 @@ class WorldModelTrainer:
     """``train_step(batch)`` with a batch of tensors as ``gaia2.world_model.sample`` produces (plus a batch axis)."""
 
     def __init__(self, cfg: WorldModelTrainConfig, device: torch.device | str = "cpu", rank: int = 0,
-                 wrap: Wrap = lambda m: m, sharded: bool = False) -> None:
-        """``sharded``: ``wrap`` shards the parameters (FSDP2): the EMA copy is sharded the same way, and the
-        state is saved per rank (``sharded_state`` / ``extra_state``) instead of as one ``state_dict``."""
-        self.cfg, self.device, self.sharded = cfg, torch.device(device), sharded
+                 parallelize: Parallelize = lambda m: m) -> None:
+        """``parallelize``: how the job distributes a module (the identity on one device). It is applied to the
+        trained model (its result is what the forward pass calls) and to the EMA copy (a frozen module that
+        a sharding strategy shards alike, so the EMA update stays local)."""
+        self.cfg, self.device = cfg, torch.device(device)
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
         self.model = WorldModel(cfg.model).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay)
-        self.wrapped = wrap(self.model)
-        if sharded:
-            wrap(self.ema.model)
+        self.wrapped = parallelize(self.model)
+        parallelize(self.ema.model)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
         f = cfg.flow
@@ -67,9 +67,7 @@ class WorldModelTrainer:
         return "flow"
 
     def lr(self, step: int | None = None) -> float:
-        o = self.cfg.optim
-        step = self.step if step is None else step
-        return warmup_cosine_lr(step, self.cfg.total_steps, o.lr, o.warmup_steps, o.final_lr)
+        return self.cfg.optim.lr_at(self.step if step is None else step, self.cfg.total_steps)
 
     def _autocast(self):
         if self.cfg.precision == "bf16" and self.device.type == "cuda":
@@ -153,46 +151,21 @@ class WorldModelTrainer:
             seen += b
             if max_samples is not None and seen >= max_samples:
                 break
-        if self.sharded:
-            # FSDP2 keeps the root's parameters gathered after a forward with no backward; shard them again
-            # so the EMA update meets sharded parameters on both sides.
-            model.reshard()
         if count == 0:
             raise ValueError("evaluate: no validation samples")
         baseline = float((s2 - s1 ** 2 / n_ch.clamp(min=1)).sum() / n_ch.sum())
         val = sq_err / count
         return {"loss": val, "baseline_loss": baseline, "improvement": 1.0 - val / baseline, "samples": float(seen)}
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state()}
+    # ----------------------------------------------------------------- state (see jobs/checkpoint.py)
+    def stateful(self) -> dict:
+        """The parts a checkpoint holds: modules, and (module, optimizer) pairs."""
+        return {"model": self.model, "ema": self.ema.model, "optimizer": (self.model, self.optimizer)}
 
-    def sharded_state(self) -> dict:
-        """The tensors of the state as this rank's shards (DTensors), for ``torch.distributed.checkpoint``;
-        same layout as ``state_dict`` without step and RNG (those are per rank: ``extra_state``)."""
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"flow": self.rng.get_state()}
 
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
-
-    def load_sharded_state(self, state: dict) -> None:
-        """After ``torch.distributed.checkpoint.load`` filled ``sharded_state()``'s tensors in place."""
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
-
-    def extra_state(self) -> dict:
-        return {"step": self.step, "rng": self.rng.get_state()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        self.step = int(extra["step"])
-        self.rng.set_state(extra["rng"])
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.set_state(state["rng"])
-        self.step = int(state["step"])
+    def restore(self, step: int, rng: dict[str, Tensor]) -> None:
+        """Resume at ``step`` with these generator states (before the parts' tensors are loaded)."""
+        self.step = step
+        self.rng.set_state(rng["flow"])

@@ -10,51 +10,26 @@ batches reproducible, and so lets a resumed run replay its data position exactly
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 
 import numpy as np
 import ray
 
 from gaia2.tokenizer.clips import sample_videos
+from pipelines.splits import DataError, first_sample, split_counts, split_files
+
+__all__ = ["DataError", "PRODUCED_BY", "clip_dataset", "decode_clips", "split_files", "split_summary"]
 
 
-class DataError(ValueError):
-    """Shards that cannot feed the tokenizer (missing split, windows too short)."""
-
-
-def split_files(shards: str, split: str) -> list[str]:
-    """The split's tar shards in name order; a missing or empty split is a ``DataError``."""
-    files = sorted(glob.glob(os.path.join(shards, split, "*.tar")))
-    if not files:
-        raise DataError(f"data.shards: no {split}/*.tar under {shards!r} (is it a `gaia2 shards build` output?)")
-    return files
+PRODUCED_BY = "gaia2 shards build"
 
 
 def split_summary(shards: str, split: str) -> dict:
     """``{"samples", "cameras", "window_frames"}`` of ``split``: the sample count from the build's
     manifest, camera count and window length from its first sample (all windows of a build have one length)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    manifest = os.path.join(shards, "manifest.parquet")
-    if not os.path.isfile(manifest):
-        raise DataError(f"data.shards: {shards!r} has no manifest.parquet (is it a `gaia2 shards build` output?)")
-    splits = pq.read_table(manifest, columns=["split"]).column("split")
-    samples = int(pc.sum(pc.equal(splits, split)).as_py() or 0)
-    first = _first_json(split_files(shards, split)[0])
-    return {"samples": samples, "cameras": len(first["cameras"]), "window_frames": len(first["timestamps"])}
-
-
-def _first_json(tar_path: str) -> dict:
-    import tarfile
-
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            if member.name.endswith(".json"):
-                return json.loads(tar.extractfile(member).read())
-    raise DataError(f"{tar_path}: no .json member")
+    first = first_sample(split_files(shards, split, PRODUCED_BY)[0], ("json",))["json"]
+    return {"samples": split_counts(shards, PRODUCED_BY)[split], "cameras": len(first["cameras"]),
+            "window_frames": len(first["timestamps"])}
 
 
 def decode_clips(batch: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
@@ -83,8 +58,8 @@ def decode_clips(batch: dict[str, np.ndarray], height: int, width: int) -> dict[
             "key": np.array(keys, dtype=object), "camera": np.array(cameras, dtype=object)}
 
 
-def clip_dataset(files: list[str], height: int, width: int, decode_cpus: float = 0.5,
-                 decode_batch: int = 4) -> ray.data.Dataset:
+def clip_dataset(files: list[str], height: int, width: int, decode_cpus: float,
+                 decode_batch: int) -> ray.data.Dataset:
     """Rows ``{frames (T, H, W, 3) uint8, key, camera}`` from ``files`` (read and decoded on Ray Data)."""
     ds = ray.data.read_webdataset(files, suffixes=lambda name: name == "json" or name.endswith(".mp4"),
                                   decoder=None, num_cpus=decode_cpus)

@@ -8,47 +8,20 @@ reproducible, which is what lets a resumed run replay its data position exactly.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
-import os
 
 import numpy as np
 import ray
 
 from gaia2.world_model.sample import FIELDS, SampleError, world_model_sample
+from pipelines.splits import DataError, first_sample, split_counts, split_files
+
+__all__ = ["DataError", "MEMBERS", "PRODUCED_BY", "first_sample", "sample_dataset", "split_counts", "split_files",
+           "to_samples"]
 
 MEMBERS = ("json", "latents.npy", "boxes.npy", "boxes_valid.npy", "clip.npy")
-
-
-class DataError(ValueError):
-    """Latent shards that cannot feed the world model (missing split, shapes that do not fit the model)."""
-
-
-def split_files(shards: str, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(shards, split, "*.tar")))
-    if not files:
-        raise DataError(f"data.shards: no {split}/*.tar under {shards!r} (is it a `gaia2 encode-latents` output?)")
-    return files
-
-
-def first_sample(tar_path: str) -> dict:
-    """The first sample of a shard: {"json": dict, "latents.npy": array, ...} (for checks before any work)."""
-    import tarfile
-
-    out: dict = {}
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if out and key != out["__key__"]:
-                break
-            out["__key__"] = key
-            data = tar.extractfile(member).read()
-            out[ext] = json.loads(data) if ext == "json" else (np.load(io.BytesIO(data)) if ext.endswith(".npy") else data)
-    missing = [m for m in MEMBERS if m not in out]
-    if missing:
-        raise DataError(f"{tar_path}: sample {out.get('__key__')!r} lacks {missing} (not a latent shard?)")
-    return out
+PRODUCED_BY = "gaia2 encode-latents"
 
 
 def _load(value: bytes) -> np.ndarray:
@@ -70,7 +43,9 @@ def to_samples(batch: dict[str, np.ndarray], cameras: int, max_agents: int) -> d
     return {k: np.stack([r[k] for r in rows]) for k in FIELDS}
 
 
-def sample_dataset(files: list[str], cameras: int, max_agents: int, read_cpus: float = 0.5) -> ray.data.Dataset:
+def sample_dataset(files: list[str], cameras: int, max_agents: int, read_cpus: float,
+                   read_batch: int) -> ray.data.Dataset:
+    """Rows of stacked world-model inputs from latent shard ``files`` (read and converted on Ray Data)."""
     ds = ray.data.read_webdataset(files, suffixes=lambda name: name in MEMBERS, decoder=None, num_cpus=read_cpus)
-    return ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents}, batch_size=8,
-                          batch_format="numpy", num_cpus=read_cpus)
+    return ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents},
+                          batch_size=read_batch, batch_format="numpy", num_cpus=read_cpus)

@@ -1,0 +1,125 @@
+"""What a trainable model tells the training spine (``jobs/train_driver.py`` on the driver,
+``jobs/train_loop.py`` on each worker). Adding a model is writing one subclass of ``ModelSpec`` and listing
+it in ``jobs/specs/__init__.py``; the spine gives it the CLI (``--preset``, ``--config``, ``--set`` and
+the aliases), the resource check, Ray Train with checkpoints and resume, MLflow logging, validation,
+export and registration.
+
+The trainer a spec builds is pure PyTorch (in ``gaia2/``) and implements:
+
+    step: int                                   optimiser steps taken
+    stage: str                                  what the progress line shows (e.g. "main", "gan", "flow")
+    train_step(batch) -> dict                   one optimiser step; tensors / floats for ``scalars``
+    stateful() -> {name: module | (module, optimizer)}   what a checkpoint holds; "ema" is the exported model
+    rng_state() -> {name: ByteTensor}           its random generators
+    restore(step, rng)                          resume at step (before the tensors are loaded)
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Iterable
+
+from torch import nn
+
+from jobs.options import Alias
+
+# The flags every training job has, as aliases of config fields.
+COMMON_ALIASES = (
+    Alias("--name", "job.name", "job name: checkpoints and resume key"),
+    Alias("--workdir", "job.workdir", "local MLflow database, artifacts and exports"),
+    Alias("--storage", "job.storage", "checkpoint storage, a path or a URI"),
+    Alias("--steps", "schedule.steps", "training steps", int),
+    Alias("--batch-size", "data.batch_size", "rows per worker and step", int),
+    Alias("--workers", "workers.num_workers", "Ray Train workers", int),
+    Alias("--gpu", "workers.use_gpu", "one GPU per worker", None),
+    Alias("--seed", "seed", "random seed", int),
+    Alias("--inject-failure-at", "job.fail_at_step", "testing resume: crash rank 0 once at this step", int, "STEP"),
+)
+
+
+class ModelSpec(ABC):
+    """One trainable model. Class attributes name it; methods build its pieces from its typed config."""
+
+    name: ClassVar[str]                 # CLI word and default job-name prefix: "tokenizer", "world-model"
+    experiment: ClassVar[str]           # MLflow experiment
+    export_format: ClassVar[str]        # config.json "format" of its exports (gaia2.export)
+    presets: ClassVar[tuple[str, ...]] = ("tiny", "paper")
+    aliases: ClassVar[tuple[Alias, ...]] = ()
+    batch_noun: ClassVar[str] = "samples"
+    find_unused_parameters: ClassVar[bool] = False   # DDP: some parameters may get no gradient in a step
+
+    # --------------------------------------------------------------------------------- driver side
+    @abstractmethod
+    def config_type(self) -> type:
+        """The model's training config class (a ``gaia2.config.training.TrainConfig``)."""
+
+    @abstractmethod
+    def build_config(self, preset: str | None = None, path: str | None = None, overrides: dict | None = None) -> Any:
+        """Preset -> YAML file -> overrides, validated (``ConfigError`` names the field)."""
+
+    def preflight(self, cfg: Any) -> dict:
+        """Checks before Ray starts (data present and fitting the model, pretrained files) -> params to log."""
+        return {}
+
+    @abstractmethod
+    def datasets(self, cfg: Any) -> dict:
+        """{"train", "val"} Ray datasets (called once Ray is up)."""
+
+    @abstractmethod
+    def build_model(self, cfg: Any) -> nn.Module:
+        """An untrained model of ``cfg`` on the CPU (the export's EMA weights are loaded into it)."""
+
+    def export_extra(self, cfg: Any) -> dict:
+        """What the export's config.json carries beside the model config (e.g. latent statistics)."""
+        return {}
+
+    def summary(self, metrics: dict) -> list[str]:
+        """Lines about the final validation metrics for the job's closing summary."""
+        return []
+
+    # --------------------------------------------------------------------------------- worker side
+    @abstractmethod
+    def trainer(self, cfg: Any, device: Any, rank: int, parallelize: Callable[[nn.Module], nn.Module]) -> Any:
+        """The model's trainer (see the module docstring) on ``device``, distributed by ``parallelize``."""
+
+    def batch(self, rows: dict) -> Any:
+        """A Ray Data batch (dict of CPU tensors) -> the trainer's ``train_step`` input."""
+        return rows
+
+    def scalars(self, out: dict) -> dict[str, float]:
+        """``train_step``'s output -> the values logged (must include loss, lr, grad_norm)."""
+        return {k: float(v) for k, v in out.items()}
+
+    def tokens_per_sample(self, cfg: Any) -> int:
+        return 0
+
+    @abstractmethod
+    def validate(self, trainer: Any, cfg: Any, batches: Iterable[dict], log: Any) -> tuple[dict[str, float], str]:
+        """EMA-model validation over ``batches`` -> (metrics named ``val_*``, the progress line's text).
+        ``log`` is rank 0's ``RunLogger`` (for artifacts), None on other ranks."""
+
+    # --------------------------------------------------------------------------------- serving
+    @abstractmethod
+    def predict(self, model: nn.Module, model_input: Any) -> Any:
+        """The registered pyfunc's ``predict`` (``jobs.registry``)."""
+
+    # --------------------------------------------------------------------------------- helpers
+    def job_name(self, cfg: Any) -> str:
+        return cfg.job.name or f"{self.name}-{cfg.preset}"
+
+    def registered_name(self, cfg: Any) -> str:
+        return f"gaia2-{self.name}-{cfg.preset}"
+
+    @property
+    def artifact(self) -> str:
+        return self.name.replace("-", "_")
+
+    @staticmethod
+    def require_shards(cfg: Any, produced_by: str) -> None:
+        from gaia2.config.base import ConfigError
+
+        if not cfg.data.shards:
+            raise ConfigError(f"data.shards: required (pass --shards DIR, a `{produced_by}` output)")
+        if not os.path.isdir(cfg.data.shards):
+            raise ConfigError(f"data.shards: {cfg.data.shards!r} is not a directory")
