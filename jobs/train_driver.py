@@ -48,6 +48,7 @@ def run(spec: ModelSpec, cfg: Any) -> TrainOutcome:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from gaia2.export import save_pretrained
     from jobs import checkpoint as ckpt
     from jobs.registry import register_once
     from jobs.resources import fit_workers, is_local
@@ -96,8 +97,6 @@ def run(spec: ModelSpec, cfg: Any) -> TrainOutcome:
         with result.checkpoint.as_directory() as directory:
             step = int(ckpt.read_extra(directory, 0)["step"])
             ckpt.load_module(model, directory, "ema")
-        from gaia2.export import save_pretrained
-
         export_dir = save_pretrained(os.path.join(local_dir, "export", spec.artifact), model, spec.export_format,
                                      extra={"step": step, "ema_decay": cfg.optim.ema_decay, "mlflow_run_id": run_id,
                                             **spec.export_extra(cfg)})

@@ -36,3 +36,13 @@ def clip_dict(rates=(20.0, 20.0), offsets=(0.0, 0.0), n_frames=(40, 40), clip_id
 
 def make_clip(**kwargs) -> Clip:
     return Clip.from_dict(clip_dict(**kwargs), base_dir="/nonexistent")
+
+
+def through_a_checkpoint(trainer, fresh, directory):
+    """Save ``trainer`` with the jobs' checkpointer (DCP, one process) into ``directory`` and restore it into
+    ``fresh`` (a trainer built from the same config); returns ``fresh``."""
+    from jobs import checkpoint
+
+    checkpoint.save(str(directory), trainer, rank=0, world=1, data={"epoch": 0, "batch": trainer.step}, config={})
+    checkpoint.load(str(directory), fresh, checkpoint.validate(str(directory), 0, 1, {}))
+    return fresh

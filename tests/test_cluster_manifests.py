@@ -59,16 +59,27 @@ def _entrypoint(job: dict) -> tuple[str, list[str]]:
     return argv[2], argv[3:]
 
 
+def _command(module: str, argv: list[str]):
+    """The job's ``Command`` and the arguments it parses (``jobs.train`` takes the model's name first)."""
+    if module == "jobs.train":
+        from jobs.specs import SPECS
+        from jobs.train_driver import command
+
+        assert argv and argv[0] in SPECS, argv[:1]
+        return command(SPECS[argv[0]]), argv[1:]
+    return importlib.import_module(module).COMMAND, argv   # raises if the module is missing or does not import
+
+
 def _job_args(name: str) -> tuple[object, argparse.Namespace]:
-    """(the job module, its parsed entrypoint arguments), ``--config`` pointing at the repository's file."""
+    """(the job's Command, its parsed entrypoint arguments), ``--config`` pointing at the repository's file."""
     module, argv = _entrypoint(_load(name))
-    job = importlib.import_module(module)
+    command, argv = _command(module, argv)
     parser = _Parser(prog=module)
-    job.add_arguments(parser)
+    command.add_arguments(parser)
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         args.config = os.path.join(CLUSTER, MOUNTED_CONFIGS[args.config])
-    return job, args
+    return command, args
 
 
 def test_every_manifest_parses():
@@ -86,11 +97,10 @@ def test_rayjob_runs_an_existing_job_with_flags_it_accepts(name):
     job = _load(name)
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     module, argv = _entrypoint(job)
-    mod = importlib.import_module(module)   # raises if the module is missing or does not import
-    assert callable(mod.main) and callable(mod.add_arguments)
+    command, argv = _command(module, argv)
     parser = _Parser(prog=module)
-    mod.add_arguments(parser)
-    parser.parse_args(argv)   # an unknown flag or a missing required one raises
+    command.add_arguments(parser)
+    parser.parse_args(argv)   # an unknown flag raises
 
     # The runtime env agrees with cluster/runtime-env.yaml on every variable both set, MLflow's included.
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
@@ -134,7 +144,7 @@ def test_tokenizer_config_validates_and_fills_the_gpu_pods():
     assert cfg.workers.num_workers == 128 and cfg.data.read_batch == 2
 
     job, args = _job_args("rayjob-train-tokenizer.yaml")
-    cfg = job.resolve_config(args)   # preset -> the mounted file -> the entrypoint's flags
+    cfg = job.config(args)   # preset -> the mounted file -> the entrypoint's flags
     assert cfg.preset == "paper" and cfg.loss.dino_path == "/models/dinov2-large"
     assert cfg.data.shards == "/mnt/data/shards" and cfg.workers.use_gpu
     manifest = _load("rayjob-train-tokenizer.yaml")
@@ -153,9 +163,9 @@ def test_encode_latents_config_validates_and_fits_its_gpus():
     from gaia2.tokenizer.config import paper
 
     job, args = _job_args("rayjob-encode-latents.yaml")
-    cfg = job.resolve_config(args)
+    cfg = job.config(args)
     assert (cfg.num_gpus, cfg.concurrency, cfg.batch_size) == (1, 8, 8)
     assert 0 < cfg.num_gpus * cfg.concurrency <= _gpus(_load("rayjob-encode-latents.yaml"))
-    assert args.tokenizer == "models:/gaia2-tokenizer-paper@candidate"
+    assert cfg.job.tokenizer == "models:/gaia2-tokenizer-paper@candidate"
     # The encoder maps each temporal_factor frames to one latent: the windows must divide evenly.
     assert _load("shards-config.yaml")["window"]["frames"] % paper().temporal_factor == 0

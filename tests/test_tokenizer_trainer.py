@@ -10,6 +10,7 @@ import torch
 from gaia2.optim import warmup_cooldown_lr
 from gaia2.tokenizer.train_config import train_config
 from gaia2.tokenizer.trainer import TokenizerTrainer
+from tests.helpers import through_a_checkpoint
 
 NO_PRETRAINED = {"loss": {"dino": 0, "lpips": 0}}
 
@@ -47,15 +48,6 @@ def test_training_reduces_the_loss_on_a_fixed_batch():
     assert last < 0.5 * first
 
 
-def _through_a_checkpoint(trainer, fresh, tmp_path):
-    """Save ``trainer`` with the jobs' checkpointer (DCP, one process) and restore it into ``fresh``."""
-    from jobs import checkpoint
-
-    checkpoint.save(str(tmp_path), trainer, rank=0, world=1, data={"epoch": 0, "batch": trainer.step}, config={})
-    checkpoint.load(str(tmp_path), fresh, checkpoint.validate(str(tmp_path), 0, 1, {}))
-    return fresh
-
-
 def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     cfg = _cfg()
     batches = [_clips(seed=i) for i in range(6)]
@@ -65,7 +57,7 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     first = TokenizerTrainer(cfg)
     for b in batches[:3]:
         first.train_step(b)
-    resumed = _through_a_checkpoint(first, TokenizerTrainer(cfg), tmp_path)
+    resumed = through_a_checkpoint(first, TokenizerTrainer(cfg), tmp_path)
     assert resumed.step == 3
     again = [float(resumed.train_step(b)["loss"]) for b in batches[3:]]
     assert again == losses[3:]
@@ -110,7 +102,7 @@ def test_gan_stage_freezes_the_encoder_and_trains_decoder_and_discriminator(tmp_
     disc = copy.deepcopy(trainer.disc.state_dict())
 
     # Resume inside the GAN stage: discriminator and both optimisers come back.
-    resumed = _through_a_checkpoint(trainer, TokenizerTrainer(cfg), tmp_path)
+    resumed = through_a_checkpoint(trainer, TokenizerTrainer(cfg), tmp_path)
     straight = float(trainer.train_step(_clips(seed=3))["loss"])
     assert resumed.stage == "gan"
     for k, v in resumed.disc.state_dict().items():
@@ -153,7 +145,7 @@ def test_pretrained_loss_terms_train_their_projection(tmp_path):
     assert {"lpips", "dino", "kl", "l1", "l2"} <= set(out)
     assert not torch.equal(proj, trainer.loss.dino.proj.weight)
     assert set(trainer.stateful()["model"].state_dict()) >= {"dino_proj.weight", "dino_proj.bias"}
-    resumed = _through_a_checkpoint(trainer, TokenizerTrainer(cfg), tmp_path)
+    resumed = through_a_checkpoint(trainer, TokenizerTrainer(cfg), tmp_path)
     assert torch.equal(resumed.loss.dino.proj.weight, trainer.loss.dino.proj.weight)
     m = trainer.evaluate([_clips()]).compute()
     assert "lpips" in m

@@ -136,6 +136,7 @@ def test_restarting_the_job_under_its_name_resumes_it(straight, tokenizer_shards
     ({"model": {"frames": 32}}, "model.frames: 32 frames per clip, but the shards' windows have only 24"),
     ({"loss": {"lpips_torch_home": "/nonexistent"}}, "loss.lpips_torch_home"),
     ({"loss": {"dino_path": "/nonexistent"}}, "loss.dino_path"),
+    ({"workers": {"strategy": "fsdp"}}, "workers.strategy: the tokenizer trains with ddp"),
 ])
 def test_bad_configuration_fails_before_any_work_naming_the_field(tokenizer_shards, standins, tmp_path, capsys,
                                                                    overrides, field):

@@ -177,3 +177,17 @@ def test_bad_configuration_fails_before_any_work(latent_shards, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and field in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "work")
+
+
+def test_workers_that_leave_no_room_for_the_data_fail_at_once_naming_the_fields(ray_session, latent_shards, tmp_path,
+                                                                                capsys):
+    """Eight workers on this session's two CPUs: too many even at the smallest size, so the job stops before
+    the MLflow run or Ray Train start, instead of waiting forever for CPUs."""
+    from jobs.cli import main
+
+    code = main(["train", "world-model", "--shards", latent_shards, "--set", "model.latent_steps=3",
+                 "--set", "model.conditioning.max_agents=4", "--workers", "8", "--batch-size", "1",
+                 "--workdir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 2 and "workers.num_workers x workers.cpus_per_worker" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "work")

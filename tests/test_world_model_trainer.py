@@ -9,6 +9,7 @@ from gaia2.optim import warmup_cosine_lr
 from gaia2.world_model.inputs import example_inputs
 from gaia2.world_model.train_config import train_config
 from gaia2.world_model.trainer import WorldModelTrainer, present_relative
+from tests.helpers import through_a_checkpoint
 
 MODEL = {"dim": 32, "heads": 2, "depth": 1, "cameras": 2, "height": 2, "width": 3, "latent_steps": 3, "latent_dim": 4,
          "conditioning": {"max_cameras": 3, "max_agents": 3, "clip_dim": 8, "scenario_dim": 8}}
@@ -44,15 +45,6 @@ def test_training_reduces_the_flow_loss():
     assert after["baseline_loss"] > 0 and after["improvement"] == pytest.approx(1 - after["loss"] / after["baseline_loss"])
 
 
-def _through_a_checkpoint(trainer, fresh, tmp_path):
-    """Save ``trainer`` with the jobs' checkpointer (DCP, one process) and restore it into ``fresh``."""
-    from jobs import checkpoint
-
-    checkpoint.save(str(tmp_path), trainer, rank=0, world=1, data={"epoch": 0, "batch": trainer.step}, config={})
-    checkpoint.load(str(tmp_path), fresh, checkpoint.validate(str(tmp_path), 0, 1, {}))
-    return fresh
-
-
 def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     cfg = _cfg()
     batches = [_batch(cfg, seed=i) for i in range(6)]
@@ -61,7 +53,7 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     first = WorldModelTrainer(cfg)
     for b in batches[:3]:
         first.train_step(b)
-    resumed = _through_a_checkpoint(first, WorldModelTrainer(cfg), tmp_path)
+    resumed = through_a_checkpoint(first, WorldModelTrainer(cfg), tmp_path)
     assert [float(resumed.train_step(b)["loss"]) for b in batches[3:]] == losses[3:]
     for a, b in zip(straight.ema.model.state_dict().values(), resumed.ema.model.state_dict().values()):
         assert torch.equal(a, b)

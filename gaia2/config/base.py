@@ -68,6 +68,18 @@ def build_config(cls: type[T], presets: Mapping[str, Callable[[], T]], preset: s
         raise ConfigError(format_validation_error(err)) from None
 
 
+def derived(base: T, **changes: Any) -> T:
+    """``base`` with ``changes`` applied, nested sections merged field by field: a preset written as its
+    differences from another (``tiny = derived(paper(), optim={"lr": 1e-3}, ...)``). Not validated here:
+    ``build_config`` validates whatever it builds from a preset."""
+    update = {}
+    for key, value in changes.items():
+        current = getattr(base, key)
+        update[key] = derived(current, **value) if isinstance(value, Mapping) and isinstance(current, BaseModel) \
+            else value
+    return base.model_copy(update=update)
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config dict -> {"a.b.c": value} (for MLflow params)."""
     out: dict[str, Any] = {}
