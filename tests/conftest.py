@@ -49,7 +49,7 @@ def tokenizer_shards(ray_session, synth_clips, clip_model, tmp_path_factory) -> 
 
     cfg = load_shard_config("tiny", overrides={
         "window": {"frames": 24, "hop": 8}, "image": {"height": 32, "width": 64},
-        "balance": {"min_stride_s": 0.3}, "shards": {"target_mb": 0.5}, "detection": {"max_boxes": 4},
+        "balance": {"min_stride_s": 0.3}, "shards": {"target_mb": 0.5}, "detection": {"max_agents": 4},
         "embedding": {"clip_path": clip_model}})
     out = str(tmp_path_factory.mktemp("tokenizer") / "shards")
     build_shards(synth_clips, out, cfg)

@@ -14,6 +14,7 @@ from gaia2.detection import DetectionError, GroundTruthDetector, agent_features,
 from gaia2.detection.mono3d import (Mono3DConfig, MonoDetector3D, NetworkDetector, bev_nms)
 from gaia2.schema.clip import Clip
 from gaia2.schema.metadata import AGENT_CATEGORIES
+from pipelines.rejects import REJECT_COLUMNS, Reject, batch_rejects
 from pipelines.shards.detect import DetectAgents
 
 W, H, F = 200, 100, 100.0   # a 90-degree horizontal field of view
@@ -59,7 +60,7 @@ def clip_dict(cams: list[CameraModel], box_times: list[float], boxes: list[list[
 
 def test_box_straight_ahead_hand_computed():
     # Centre 10 m ahead on the optical axis; l along the axis (z 8..12), w across (x -1..1), h (y -0.75..0.75).
-    feats, valid = agent_features([np.array([box(11.5, 0.0, cat=3)])], [camera()], max_boxes=2)
+    feats, valid = agent_features([np.array([box(11.5, 0.0, cat=3)])], [camera()], max_agents=2)
     assert feats.shape == (1, 1, 2, 13) and feats.dtype == np.float32 and valid.shape == (1, 1, 2)
     assert valid[0, 0].tolist() == [True, False]
     f = feats[0, 0, 0]
@@ -77,7 +78,7 @@ def test_yaw_is_relative_to_camera_heading():
     heading, yaw = 0.5, 0.8
     direction = np.array([math.cos(heading), math.sin(heading), 0.0])
     centre = CAM_POS + 12 * direction
-    feats, valid = agent_features([np.array([box(*centre, yaw=yaw)])], [camera(heading)], max_boxes=1)
+    feats, valid = agent_features([np.array([box(*centre, yaw=yaw)])], [camera(heading)], max_agents=1)
     assert valid[0, 0, 0]
     np.testing.assert_allclose(feats[0, 0, 0, 4:7], [0, 0, 12], atol=1e-5)
     np.testing.assert_allclose(feats[0, 0, 0, 10:12], [math.sin(yaw - heading), math.cos(yaw - heading)], atol=1e-6)
@@ -86,14 +87,14 @@ def test_yaw_is_relative_to_camera_heading():
 def test_box_behind_camera_excluded():
     # Far behind; and centre 0.5 m behind the lens with its front half (z up to 1.5 m) in view.
     boxes = np.array([box(-10.0, 0.0), box(1.0, 0.0, l=4.0)])
-    feats, valid = agent_features([boxes], [camera()], max_boxes=4)
+    feats, valid = agent_features([boxes], [camera()], max_agents=4)
     assert not valid.any() and not feats.any()
 
 
 def test_box_crossing_near_plane_spans_image():
     # Centre 1 m ahead, 4 m long: the rear corners are behind the camera. The near-plane crossing
     # of its sides lies far outside the image, so the clipped box covers the whole width.
-    feats, valid = agent_features([np.array([box(2.5, 0.0)])], [camera()], max_boxes=1)
+    feats, valid = agent_features([np.array([box(2.5, 0.0)])], [camera()], max_agents=1)
     assert valid[0, 0, 0]
     assert feats[0, 0, 0, 0] == 0.0 and feats[0, 0, 0, 2] == 1.0
 
@@ -101,7 +102,7 @@ def test_box_crossing_near_plane_spans_image():
 def test_box_outside_one_image_is_kept_for_the_camera_that_sees_it():
     # 63 degrees left of the front camera's axis (its half field of view is 45), ahead of the left camera.
     b = np.array([box(11.5, 20.0)])
-    feats, valid = agent_features([b], [camera(0.0), camera(math.pi / 2)], max_boxes=1)
+    feats, valid = agent_features([b], [camera(0.0), camera(math.pi / 2)], max_agents=1)
     assert valid[0].tolist() == [[False], [True]]
     np.testing.assert_allclose(feats[0, 1, 0, 4:7], [10.0, 0.0, 20.0], atol=1e-6)
     # In front of the front camera, but its projection (u < 0) misses the image: excluded, not clipped.
@@ -111,22 +112,22 @@ def test_box_outside_one_image_is_kept_for_the_camera_that_sees_it():
 def test_slots_nearest_first_padding_and_cap():
     frame0 = np.array([box(31.5, 0.5, cat=1), box(11.5, -0.5, cat=2), box(21.5, 0.0, cat=3), box(41.5, 0.0, cat=4)])
     frames = [frame0, np.zeros((0, 8)), np.array([box(16.5, 0.0, cat=5)])]
-    feats, valid = agent_features(frames, [camera()], max_boxes=6)
+    feats, valid = agent_features(frames, [camera()], max_agents=6)
     assert valid[:, 0].tolist() == [[True] * 4 + [False] * 2, [False] * 6, [True] + [False] * 5]
     np.testing.assert_allclose(feats[0, 0, :4, 6], [10, 20, 30, 40], atol=1e-6)
     assert feats[0, 0, :4, 12].tolist() == [2, 3, 1, 4]
     assert not feats[0, 0, 4:].any() and not feats[1].any()
     assert feats[2, 0, 0, 12] == 5 and feats[2, 0, 0, 6] == pytest.approx(15)
-    capped, cvalid = agent_features(frames, [camera()], max_boxes=3)
+    capped, cvalid = agent_features(frames, [camera()], max_agents=3)
     assert capped.shape == (3, 1, 3, 13) and cvalid[0, 0].all()
     np.testing.assert_array_equal(capped[0, 0], feats[0, 0, :3])   # the farthest box is the one dropped
 
 
 def test_bad_boxes_raise():
     with pytest.raises(DetectionError, match="category"):
-        agent_features([np.array([box(10, 0, cat=0)])], [camera()], max_boxes=1)
+        agent_features([np.array([box(10, 0, cat=0)])], [camera()], max_agents=1)
     with pytest.raises(DetectionError, match=r"\(M, 8\)"):
-        agent_features([np.zeros((2, 7))], [camera()], max_boxes=1)
+        agent_features([np.zeros((2, 7))], [camera()], max_agents=1)
 
 
 # ---------------------------------------------------------------- ground truth
@@ -257,16 +258,17 @@ def test_network_detector_batches_like_per_image_decode(tmp_path):
 
 # ---------------------------------------------------------------- Ray stage
 
-def _row(cams: list[CameraModel], t: int, boxes: list[list[list[float]]] | None, error: str = "") -> dict:
-    if error:
+def _row(cams: list[CameraModel], t: int, boxes: list[list[list[float]]] | None,
+         reject: Reject | None = None) -> dict:
+    if reject is not None:
         return {"frames": np.zeros((0, 0, 0, 0, 3), np.uint8), "cameras_json": "[]", "timestamps": np.zeros(0),
-                "clip_json": "", "error": error}
+                "clip_json": "", **reject.columns()}
     cam_json = [{"name": f"cam{i}", "width": c.width, "height": c.height, "intrinsics": c.intrinsics.tolist(),
                  "extrinsics": c.cam_to_ego.tolist(), "distortion": c.distortion.tolist(), "native_frame_rate": 10.0}
                 for i, c in enumerate(cams)]
     times = [0.1 * k for k in range(t)]
     return {"frames": frames_for(cams, t), "cameras_json": json.dumps(cam_json), "timestamps": np.array(times),
-            "clip_json": json.dumps(clip_dict(cams, times, boxes)), "error": ""}
+            "clip_json": json.dumps(clip_dict(cams, times, boxes)), **dict.fromkeys(REJECT_COLUMNS, "")}
 
 
 def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -282,10 +284,10 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
 def test_detect_agents_stage_shapes_and_error_rows():
     two, three = [camera(0.0), camera(math.pi / 2)], [camera(0.0), camera(math.pi / 2), camera(math.pi)]
     per_frame = [[box(11.5, 0.0), box(1.5, 15.0, cat=5)], [box(21.5, 0.0, cat=2)]]
-    rows = [_row(two, 2, per_frame), _row(two, 0, None, error="truncated_video: frame 3"),
-            _row(three, 2, per_frame), _row(two, 2, None)]
+    truncated = Reject("decode", "truncated_video", "cam1: frame 3")
+    rows = [_row(two, 2, per_frame), _row(two, 0, None, truncated), _row(three, 2, per_frame), _row(two, 2, None)]
     batch = _batch(rows)
-    out = DetectAgents("ground_truth", None, max_boxes=4, score_threshold=0.3)(batch)
+    out = DetectAgents("ground_truth", None, max_agents=4, score_threshold=0.3)(batch)
     assert out["boxes"][0].shape == (2, 2, 4, 13) and out["boxes"][0].dtype == np.float32
     assert out["boxes_valid"][0].shape == (2, 2, 4) and out["boxes_valid"][0].dtype == bool
     assert out["boxes"][2].shape == (2, 3, 4, 13)
@@ -293,14 +295,17 @@ def test_detect_agents_stage_shapes_and_error_rows():
     np.testing.assert_array_equal(out["boxes"][0], expected)
     np.testing.assert_array_equal(out["boxes_valid"][0], expected_valid)
     assert expected_valid[0, :, :2].tolist() == [[True, False], [True, False]]   # each camera sees one box
-    # The error row passes through untouched with empty features.
-    assert out["error"][1] == "truncated_video: frame 3"
+    # The rejected row passes through untouched with empty features.
+    rejects = batch_rejects(out, 4)
+    assert rejects[1] == truncated
     assert out["boxes"][1].shape == (0, 0, 4, 13) and out["boxes_valid"][1].shape == (0, 0, 4)
     assert out["frames"][1] is batch["frames"][1]
-    # A clip without labels becomes a decode_failed row, not an exception.
-    assert out["error"][3].startswith("decode_failed: ") and "no ground-truth boxes" in out["error"][3]
+    # A clip without labels is rejected by this stage, not an exception.
+    assert (rejects[3].stage, rejects[3].reason) == ("detect", "decode_failed")
+    assert rejects[3].detail.startswith("DetectionError: ") and "no ground-truth boxes" in rejects[3].detail
     assert out["boxes"][3].shape == (0, 0, 4, 13)
-    assert [out["error"][i] for i in (0, 2)] == ["", ""]
+    assert rejects[0] is None and rejects[2] is None
+    assert [out[c][0] for c in REJECT_COLUMNS] == ["", "", ""]
 
 
 def test_detect_agents_network_kind(tmp_path):
@@ -309,8 +314,8 @@ def test_detect_agents_network_kind(tmp_path):
     row = _row(cams, 2, None)
     row["frames"] = np.random.default_rng(1).integers(0, 256, (1, 2, 24, 32, 3), dtype=np.uint8)
     row["clip_json"] = "not parsed by the network detector"
-    out = DetectAgents("network", str(tmp_path / "ckpt"), max_boxes=3, score_threshold=0.0)(_batch([row]))
-    assert out["error"][0] == ""
+    out = DetectAgents("network", str(tmp_path / "ckpt"), max_agents=3, score_threshold=0.0)(_batch([row]))
+    assert batch_rejects(out, 1) == [None]
     assert out["boxes"][0].shape == (2, 1, 3, 13) and out["boxes_valid"][0].shape == (2, 1, 3)
     feats, valid = out["boxes"][0], out["boxes_valid"][0]
     assert np.all(np.isfinite(feats)) and np.all(feats[valid][:, 12] >= 1) and not feats[~valid].any()

@@ -22,8 +22,9 @@ from gaia2.tokenizer.clips import sample_videos, to_model_input
 from gaia2.tokenizer.export import load_tokenizer, save_tokenizer
 from jobs.cli import main as cli
 from jobs.encode_latents import resolve_tokenizer
+from pipelines.rejects import REJECTS_SCHEMA, batch_rejects
 from pipelines.tokenizer.latents import (LatentInputError, check_inputs, encode_latents, latent_config,
-                                         sample_seed)
+                                         read_shard_batch, sample_seed)
 
 OTHER = ("json", "boxes.npy", "boxes_valid.npy", "clip.npy")
 
@@ -149,9 +150,12 @@ def test_mean_mode_is_the_encoder_mean_and_sample_mode_adds_seeded_noise(mean_ru
 def test_failed_samples_are_rejects_and_resume_skips_complete_shards(mean_run, small_shards, tokenizer_dir):
     out = mean_run.out_dir
     bad = list(_samples(os.path.join(small_shards, "train/shard-000000.tar")))[1]
-    rejects = pq.read_table(os.path.join(out, "rejects.parquet")).to_pylist()
-    assert [(r["key"], r["shard"], r["split"], r["reason"]) for r in rejects] == [
-        (bad, "train/shard-000000", "train", "truncated_video")]
+    table = pq.read_table(os.path.join(out, "rejects.parquet"))
+    assert table.schema == REJECTS_SCHEMA   # the shard build's rejects table, the same columns
+    rejects = table.to_pylist()
+    assert [(r["key"], r["shard"], r["split"], r["stage"], r["reason"]) for r in rejects] == [
+        (bad, "train/shard-000000", "train", "decode", "truncated_video")]
+    assert all(r["detail"] for r in rejects)
     assert bad not in _samples(os.path.join(out, "train/shard-000000.tar"))
     assert bad not in pq.read_table(os.path.join(out, "manifest.parquet")).column("key").to_pylist()
     assert mean_run.report["splits"]["train"] == {"samples_in": 3, "written": 2, "rejected": 1}
@@ -166,6 +170,19 @@ def test_failed_samples_are_rejects_and_resume_skips_complete_shards(mean_run, s
     assert again.report["counts"]["rejected"] == 1                  # the skipped shard's reject still counts
     with pytest.raises(LatentInputError, match="seed"):            # another encoding is refused, not mixed in
         encode_latents(small_shards, tokenizer_dir, out, latent_config(mode="mean", seed=1))
+
+
+def test_a_manifest_sample_missing_from_its_shard_is_a_read_reject(small_shards, tmp_path):
+    shard = "val/shard-000000"
+    keys = list(_samples(os.path.join(small_shards, shard + ".tar")))
+    batch = {"shard": np.asarray([shard], dtype=object),
+             "keys_json": np.asarray([json.dumps(keys + ["zz_missing"])], dtype=object)}
+    (out,) = read_shard_batch(batch, small_shards, str(tmp_path), chunk=10)
+    assert list(out["key"]) == keys + ["zz_missing"]
+    rejects = batch_rejects(out, len(keys) + 1)
+    assert rejects[:-1] == [None] * len(keys)
+    assert (rejects[-1].stage, rejects[-1].reason) == ("read", "invalid_record")
+    assert "zz_missing" in rejects[-1].detail and shard in rejects[-1].detail
 
 
 def test_cli_run_is_tracked_and_byte_identical(sampled, tokenizer_shards, tokenizer_dir, tmp_path, capsys):

@@ -16,9 +16,11 @@ from gaia2.config.shards import load_shard_config
 from gaia2.curation.geofence import Geofences
 from gaia2.schema.errors import Reason
 from gaia2.synth.faults import make_bad_clips
+from pipelines.rejects import (REJECT_COLUMNS, REJECTS_SCHEMA, Reject, batch_rejects, map_rows, reject_columns,
+                               reject_row, rejects_table)
 
 OVERRIDES = {"window": {"frames": 16, "hop": 8}, "image": {"height": 32, "width": 64},
-             "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_boxes": 8}}
+             "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_agents": 8}}
 
 
 def _config(clip_model, **extra):
@@ -40,11 +42,14 @@ def source(synth_clips, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def build(ray_session, source, clip_model, tmp_path_factory):
-    from jobs.build_shards import run
+    from gaia2.config.base import deep_merge
+    from jobs.build_shards import load_config, run
 
     root, _ = source
     work = tmp_path_factory.mktemp("work")
-    result, run_id = run(root, str(work / "shards"), _config(clip_model), str(work))
+    job = {"source": root, "out": str(work / "shards"), "workdir": str(work)}
+    result, run_id = run(load_config("tiny", overrides=deep_merge(
+        OVERRIDES, {"embedding": {"clip_path": clip_model}, "job": job})))
     return result, run_id, str(work)
 
 
@@ -57,7 +62,11 @@ def test_every_clip_and_window_is_accounted_for_exactly_once(build, source, synt
     _, expected = source
     out = result.out_dir
     manifest = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
-    rejects = pq.read_table(os.path.join(out, "rejects.parquet")).to_pylist()
+    table = pq.read_table(os.path.join(out, "rejects.parquet"))
+    assert table.schema == REJECTS_SCHEMA and {"stage", "reason", "detail"} <= set(table.column_names)
+    rejects = table.to_pylist()
+    assert rejects and all(r["stage"] and r["reason"] and r["detail"] for r in rejects)
+    assert {r["reason"] for r in rejects} <= {x.value for x in Reason}   # the reason alone, never "reason: detail"
     clip_rejects = {r["clip_id"]: r["reason"] for r in rejects if r["stage"] == "ingest"}
     # Each broken clip rejected with its specific reason ...
     assert clip_rejects == expected
@@ -69,11 +78,17 @@ def test_every_clip_and_window_is_accounted_for_exactly_once(build, source, synt
     assert {r["clip_id"] for r in window_rows} == good
     assert {r["reason"] for r in rejects if r["stage"] == "select"} <= {
         Reason.NOT_SELECTED_STRIDE.value, Reason.NOT_SELECTED_BALANCE.value}
-    assert all(r["detail"] for r in rejects)
     acc = result.report["accounting"]
     assert acc["clips_in"] == len(good) + len(expected) == acc["clips_rejected"] + acc["clips_with_windows"]
     assert acc["windows_failed"] == 0
     assert acc["windows_written"] == len(manifest) > 0
+
+
+def test_verify_passes_on_the_build(build, source, capsys):
+    from jobs.cli import main as cli
+
+    result, _, _ = build
+    assert cli(["shards", "verify", "--out", result.out_dir, "--source", source[0]]) == 0, capsys.readouterr()
 
 
 def test_splits_respect_geofences_and_stride(build):
@@ -199,3 +214,72 @@ def test_build_is_one_mlflow_run_with_config_counts_and_report(build):
     assert run.data.metrics["train.entropy_after"] > run.data.metrics["train.entropy_before"]
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "build")}
     assert {"build/report.json", "build/config.yaml", "build/rejects.parquet", "build/plots"} <= arts
+
+
+# ---------------------------------------------------------------- rejects: per-row failures as values
+
+def test_map_rows_turns_failures_into_rejects_and_passes_good_rows():
+    from gaia2.schema.errors import ClipError
+
+    def fn(i: int) -> int:
+        if i == 1:
+            raise ClipError(Reason.TRUNCATED_VIDEO, "cam_front: frame 7")
+        if i == 2:
+            raise KeyError("boxes")
+        if i == 4:
+            raise AssertionError("row 4 arrived rejected: fn must not see it")
+        return 10 * i
+
+    earlier = Reject("decode", Reason.UNREADABLE_VIDEO.value, "cam_left: cannot open")
+    results, rejects = map_rows(fn, 5, "detect", Reason.DECODE_FAILED, -1, [None, None, None, None, earlier])
+    assert results == [0, -1, -1, 30, -1]
+    assert rejects == [None, Reject("detect", "truncated_video", "cam_front: frame 7"),
+                       Reject("detect", "decode_failed", "KeyError: 'boxes'"), None, earlier]
+    assert map_rows(lambda i: i, 3, "pack", Reason.DECODE_FAILED, None) == ([0, 1, 2], [None] * 3)
+
+
+def test_reject_columns_round_trip_and_rows_follow_the_one_schema():
+    rejects = [None, Reject("encode", "decode_failed", "ValueError: no frames")]
+    cols = reject_columns(rejects)
+    assert set(cols) == set(REJECT_COLUMNS) and list(cols["reject_reason"]) == ["", "decode_failed"]
+    assert batch_rejects({"key": np.asarray(["a", "b"]), **cols}, 2) == rejects
+    assert batch_rejects({"key": np.asarray(["a", "b"])}, 2) == [None, None]   # before any stage
+    row = reject_row(rejects[1], "clip0", "clip0_000001", 1, "train/shard-000000", "train")
+    table = rejects_table([row])
+    assert table.schema == REJECTS_SCHEMA
+    assert table.to_pylist()[0] == {**row, "location": ""} and row["stage"] == "encode"
+    with pytest.raises(ValueError):   # a reason outside the vocabulary is a bug, not a reject
+        reject_row(Reject("encode", "bad_luck", "x"), "clip0")
+
+
+def test_staged_rejects_become_index_reject_rows(tmp_path):
+    from pipelines.shards.write import assemble_shard, read_index, stage_batch
+
+    shard, reject = "train/shard-000000", Reject("embed", "decode_failed", "RuntimeError: out of memory")
+    rows = [{"key": k, "clip_id": "c", "drive_id": "d", "window": w, "start_time": 0.0, "split": "train",
+             "cell": "x", "weight": 1.0} for w, k in enumerate(("c_000000", "c_000001"))]
+    out = stage_batch({"key": np.asarray([r["key"] for r in rows], dtype=object),
+                       "shard": np.asarray([shard] * 2, dtype=object),
+                       "sample": np.asarray([b"", b""], dtype=object), **reject_columns([reject, None])},
+                      str(tmp_path))
+    assert batch_rejects(out, 2) == [reject, None]
+    index = assemble_shard(str(tmp_path), shard, rows)
+    assert index["failed"] == [reject_row(reject, "c", "c_000000", 0, shard, "train")]
+    assert [s["key"] for s in index["samples"]] == ["c_000001"] and read_index(str(tmp_path), shard) == index
+
+
+def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
+    from pipelines.shards.ingest import IngestClips
+    from pipelines.shards.sources import list_clips
+    from pipelines.shards.window import window_batch
+
+    cfg = load_shard_config("tiny", overrides=OVERRIDES)
+    good = IngestClips(cfg.model_dump_json()).ingest(list_clips(synth_clips)[:1])[0]
+    rows = [good, {**good, "key": good["key"] + "x", "window": 99}]   # its slice of the clip has one window
+    batch = {c: np.asarray([r[c] for r in rows], dtype=object) for c in ("key", "window", "clip_json")}
+    detect = {"kind": "ground_truth", "checkpoint": None, "max_agents": 8, "score_threshold": 0.3}
+    out = window_batch(batch, cfg.model_dump_json(), detect)
+    ok, bad = batch_rejects(out, 2)
+    assert ok is None and out["videos"][0] and out["boxes"][0].shape[2:] == (8, 13)
+    assert (bad.stage, bad.reason) == ("decode", Reason.DECODE_FAILED.value) and bad.detail.startswith("IndexError: ")
+    assert out["videos"][1] == b"" and out["boxes"][1].shape == (0, 0, 8, 13)

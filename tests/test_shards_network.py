@@ -36,7 +36,7 @@ def test_build_with_a_detector_network(ray_session, synth_clips, clip_model, det
         "balance": {"min_stride_s": 0.0}, "embedding": {"clip_path": clip_model},
         # score 0: every decoded peak of the (random) network becomes a box, so features are exercised
         "detection": {"kind": "network", "checkpoint": detector_checkpoint, "score_threshold": 0.0,
-                      "max_boxes": 4, "batch_size": 2}})
+                      "max_agents": 4, "batch_size": 2}})
     result = build_shards(str(source), str(tmp_path / "out"), cfg, log=lambda s: None)
     acc = result.report["accounting"]
     assert acc["windows_failed"] == 0 and acc["windows_written"] > 0

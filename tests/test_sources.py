@@ -19,8 +19,8 @@ def test_manifest_source_yields_the_same_clips_and_windows(synth_clips, tmp_path
         ca, cb = read_record(a), read_record(b)
         assert dumps(ca.to_dict()) == dumps(cb.to_dict())   # same record, video paths resolved alike
     ingest = IngestClips(load_shard_config("tiny", overrides={"window": {"frames": 16, "hop": 8}}).model_dump_json())
-    keys_dir = [r["key"] for ref in from_dir[:2] for r in ingest.ingest(ref)]
-    keys_manifest = [r["key"] for ref in from_manifest[:2] for r in ingest.ingest(ref)]
+    keys_dir = [r["key"] for r in ingest.ingest(from_dir[:2])]
+    keys_manifest = [r["key"] for r in ingest.ingest(from_manifest[:2])]
     assert keys_dir == keys_manifest and keys_dir
 
 
@@ -31,11 +31,12 @@ def test_bad_manifest_rows_become_rejects(synth_clips, tmp_path):
     rows[1]["ego"] = None                     # a row missing its ego record
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     ingest = IngestClips(load_shard_config("tiny", overrides={"window": {"frames": 16, "hop": 8}}).model_dump_json())
-    out = [ingest.ingest(ref) for ref in list_clips(manifest)]
-    assert out[0][0]["kind"] == "window"
+    out = [ingest.ingest([ref]) for ref in list_clips(manifest)]
+    assert out[0][0]["kind"] == "window" and out[0][0]["reject_reason"] == ""
     assert len(out[1]) == 1 and out[1][0]["kind"] == "reject"
     assert out[1][0]["clip_id"] == rows[1]["clip_id"]   # named by its record, even when it is broken
-    assert out[1][0]["reason"] == "invalid_record" and "ego" in out[1][0]["detail"]
+    assert out[1][0]["reject_stage"] == "ingest"
+    assert out[1][0]["reject_reason"] == "invalid_record" and "ego" in out[1][0]["reject_detail"]
     assert out[1][0]["location"].endswith("#row=1")
 
 

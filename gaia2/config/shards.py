@@ -50,7 +50,7 @@ class IngestConfig(StrictModel):
 class DetectionConfig(StrictModel):
     kind: Literal["ground_truth", "network"] = "ground_truth"
     checkpoint: str | None = Field(None, description="directory of a MonoDetector3D checkpoint (kind=network)")
-    max_boxes: int = Field(32, gt=0, description="B: box slots per frame and camera")
+    max_agents: int = Field(32, gt=0, description="A: agent slots per frame and camera (boxes.npy's third axis)")
     score_threshold: float = Field(0.3, ge=0, le=1)
     batch_size: int = Field(4, ge=1, description="windows per detector call")
     num_gpus: float = Field(0, ge=0)
@@ -138,7 +138,7 @@ def paper() -> ShardBuildConfig:
         preset="paper",
         image=ImageConfig(height=448, width=960),
         codec=CodecConfig(crf=18, preset="medium", gop=24),
-        detection=DetectionConfig(kind="network", checkpoint="/models/mono3d", max_boxes=64, batch_size=8,
+        detection=DetectionConfig(kind="network", checkpoint="/models/mono3d", max_agents=64, batch_size=8,
                                   num_gpus=1, num_cpus=4, concurrency=8),
         embedding=EmbeddingConfig(clip_path="/models/clip-vit-large-patch14", batch_size=16, num_gpus=0.5,
                                   num_cpus=2, concurrency=8),

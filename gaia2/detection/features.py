@@ -1,4 +1,4 @@
-"""Ego-frame 3D boxes -> the 13 agent features of every frame, camera and box slot.
+"""Ego-frame 3D boxes -> the 13 agent features of every frame, camera and agent slot.
 
 Feature layout (index: meaning), per slot:
     0..3   x1, y1, x2, y2: the box's projected 2D extent, clipped to the image and normalised to
@@ -18,7 +18,7 @@ extent does not overlap the image. The 2D extent comes from the 8 corners, with 
 clipped at the near plane (edges that cross it contribute their crossing point), then projected
 by ``CameraModel.project`` (which pushes points beyond the field of view far off the image, in
 their own direction). Slots are ordered by distance from the camera centre, nearest first, and
-only the nearest ``max_boxes`` are kept.
+only the nearest ``max_agents`` are kept.
 """
 
 from __future__ import annotations
@@ -83,18 +83,18 @@ def _camera_features(boxes: np.ndarray, camera: CameraModel, near: float
     return feats, visible, np.linalg.norm(centre, axis=1)
 
 
-def agent_features(boxes_per_frame: list[Boxes3D], cameras: list[CameraModel], max_boxes: int,
+def agent_features(boxes_per_frame: list[Boxes3D], cameras: list[CameraModel], max_agents: int,
                    near: float = NEAR) -> tuple[np.ndarray, np.ndarray]:
-    """T frames of (M_t, 8) ego-frame boxes, N cameras -> features (T, N, B, 13) float32 and
-    valid (T, N, B) bool, B = ``max_boxes``; see the module docstring for the layout."""
-    if max_boxes < 1:
-        raise DetectionError(f"max_boxes: must be >= 1, got {max_boxes}")
+    """T frames of (M_t, 8) ego-frame boxes, N cameras -> features (T, N, A, 13) float32 and
+    valid (T, N, A) bool, A = ``max_agents`` slots; see the module docstring for the layout."""
+    if max_agents < 1:
+        raise DetectionError(f"max_agents: must be >= 1, got {max_agents}")
     if not cameras:
         raise DetectionError("cameras: empty")
     n_frames = len(boxes_per_frame)
     frames = [check_boxes(b, f"boxes_per_frame[{t}]") for t, b in enumerate(boxes_per_frame)]
-    feats = np.zeros((n_frames, len(cameras), max_boxes, FEATURE_DIM), dtype=np.float32)
-    valid = np.zeros((n_frames, len(cameras), max_boxes), dtype=bool)
+    feats = np.zeros((n_frames, len(cameras), max_agents, FEATURE_DIM), dtype=np.float32)
+    valid = np.zeros((n_frames, len(cameras), max_agents), dtype=bool)
     if n_frames == 0:
         return feats, valid
     # All frames' boxes together: the projection runs once per camera, not once per frame.
@@ -108,7 +108,7 @@ def agent_features(boxes_per_frame: list[Boxes3D], cameras: list[CameraModel], m
         order = idx[np.lexsort((dist[idx], frame[idx]))]      # frame-major, nearest first (stable)
         fr = frame[order]
         rank = np.arange(order.size) - np.searchsorted(fr, fr, side="left")   # slot within its frame
-        keep = rank < max_boxes
+        keep = rank < max_agents
         feats[fr[keep], n, rank[keep]] = f[order[keep]]
         valid[fr[keep], n, rank[keep]] = True
     return feats, valid

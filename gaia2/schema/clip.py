@@ -64,6 +64,15 @@ def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
     return d[key]
 
 
+def _series(d: Mapping[str, Any], section: str, names: tuple[str, ...], min_size: int) -> list[np.ndarray]:
+    """The 1-d arrays ``d[name]`` of a time series record (ego, gps): equal lengths, at least ``min_size``."""
+    arrays = [_array(_require(d, name, f"{section}."), f"{section}.{name}") for name in names]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].size < min_size:
+        raise ClipError(Reason.INVALID_RECORD, f"{section}: {'/'.join(names)} lengths differ or < {min_size} "
+                                               f"({', '.join(str(a.size) for a in arrays)})")
+    return arrays
+
+
 @dataclass(frozen=True)
 class Camera:
     name: str
@@ -128,11 +137,7 @@ class Ego:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Ego":
-        ts = _array(_require(d, "timestamps", "ego."), "ego.timestamps")
-        speed = _array(_require(d, "speed", "ego."), "ego.speed")
-        curv = _array(_require(d, "curvature", "ego."), "ego.curvature")
-        if not (ts.shape == speed.shape == curv.shape) or ts.size < 2:
-            raise ClipError(Reason.INVALID_RECORD, f"ego: timestamps/speed/curvature lengths differ or < 2 ({ts.size}, {speed.size}, {curv.size})")
+        ts, speed, curv = _series(d, "ego", ("timestamps", "speed", "curvature"), min_size=2)
         for name, arr in (("timestamps", ts), ("speed", speed), ("curvature", curv)):
             if not np.all(np.isfinite(arr)):
                 raise ClipError(Reason.NAN_EGO, f"ego.{name}: {int(np.sum(~np.isfinite(arr)))} non-finite value(s)")
@@ -151,11 +156,7 @@ class Gps:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Gps":
-        ts = _array(_require(d, "timestamps", "gps."), "gps.timestamps")
-        lat = _array(_require(d, "latitude", "gps."), "gps.latitude")
-        lon = _array(_require(d, "longitude", "gps."), "gps.longitude")
-        if not (ts.shape == lat.shape == lon.shape) or ts.size < 1:
-            raise ClipError(Reason.INVALID_RECORD, "gps: timestamps/latitude/longitude lengths differ or empty")
+        ts, lat, lon = _series(d, "gps", ("timestamps", "latitude", "longitude"), min_size=1)
         if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))) or np.any(np.abs(lat) > 90) or np.any(np.abs(lon) > 180):
             raise ClipError(Reason.NAN_GPS, "gps: non-finite or out-of-range latitude/longitude")
         _check_increasing(ts, "gps.timestamps")

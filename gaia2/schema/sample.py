@@ -3,8 +3,8 @@
 Members of sample ``<key>`` (keys contain no dots; cameras are extensions):
     <key>.json              calibration, timestamps, ego action, GPS, metadata ids, split, weight
     <key>.<camera>.mp4      the window's frames for that camera at shard resolution (H.264)
-    <key>.boxes.npy         (T, N, B, 13) float32 agent features
-    <key>.boxes_valid.npy   (T, N, B) bool: which box slots hold an agent
+    <key>.boxes.npy         (T, N, A, 13) float32 agent features, A = detection.max_agents slots
+    <key>.boxes_valid.npy   (T, N, A) bool: which slots hold an agent
     <key>.clip.npy          (N, D) float32 CLIP image embeddings (middle frame of each camera)
 
 A sample is serialised as a run of tar members with fixed headers (mtime 0, uid/gid 0, mode 0444),

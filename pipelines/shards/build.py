@@ -9,7 +9,8 @@ Output directory:
     index/<split>-shard-*.json   per-shard sidecar: samples, failures, bytes, sha256 (resume)
     _staging/                    samples of shards not yet assembled (only while a build runs)
     manifest.parquet             one row per written sample
-    rejects.parquet              one row per rejected clip, failed window or window not selected
+    rejects.parquet              one row per rejected clip, failed window or window not selected: the stage,
+                                 reason and detail (pipelines/rejects.py)
     report.json, plots/*.png     counts, cell distributions and entropies, split counts, reasons
     config.yaml, geofences.geojson, build.json (fingerprint of config + inputs; resume guard)
 """
@@ -34,6 +35,7 @@ from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
+from pipelines.rejects import Reject, reject_row, rejects_table
 from pipelines.shards.decode import decode_batch
 from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
@@ -130,7 +132,7 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
     task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus}
-    detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_boxes": det.max_boxes,
+    detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_agents": det.max_agents,
                    "score_threshold": det.score_threshold}
     if det.kind == "ground_truth":   # no model: decode, annotate and encode in one function
         ds = ds.map_batches(window_batch, fn_kwargs={"config_json": config_json, "detect_args": detect_args}, **task)
@@ -163,14 +165,7 @@ def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str)
     ray.get([task.remote(out_dir, s, rows[s]) for s in shards])
 
 
-def _reject_row(clip_id: str, key: str, window: int, stage: str, reason: str, detail: str,
-                location: str = "") -> dict:
-    return {"clip_id": clip_id, "key": key, "window": window, "stage": stage, "reason": reason,
-            "detail": detail, "location": location}
-
-
-def _write_parquet(path: str, rows: list[dict], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
+def _write_parquet(path: str, table: pa.Table) -> None:
     tmp = f"{path}.partial"
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -180,9 +175,6 @@ MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("split", pa.string()), ("cell", pa.string()),
     ("weight", pa.float64()), ("clip_id", pa.string()), ("drive_id", pa.string()), ("window", pa.int64()),
     ("start_time", pa.float64())])
-REJECTS_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("key", pa.string()), ("window", pa.int64()), ("stage", pa.string()),
-    ("reason", pa.string()), ("detail", pa.string()), ("location", pa.string())])
 
 
 def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
@@ -230,15 +222,15 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
             raise RuntimeError(f"shard {shard} is missing after the build")
         manifest.extend({**s, "shard": shard} for s in index["samples"])
         failed.extend(index["failed"])
-    rejects = [_reject_row(r["clip_id"], "", -1, "ingest", r["reason"], r["detail"], r["location"])
-               for r in clip_rejects]
-    rejects += [_reject_row(r["clip_id"], r["key"], r["window"], "decode", r["error"].split(":", 1)[0],
-                            r["error"].split(":", 1)[-1].strip()) for r in failed]
-    rejects += [_reject_row(r["clip_id"], r["key"], r["window"], "select", r["reason"], r["detail"])
-                for r in plan.not_selected]
+    # Failed windows are already reject rows (the shard indexes hold them); ingest and selection add theirs.
+    rejects = [reject_row(Reject(r["reject_stage"], r["reject_reason"], r["reject_detail"]), r["clip_id"],
+                          location=r["location"]) for r in clip_rejects]
+    rejects += failed
+    rejects += [reject_row(Reject("select", r["reason"], r["detail"]), r["clip_id"], r["key"], r["window"],
+                           split=r["split"]) for r in plan.not_selected]
     report = make_report(refs, windows, clip_rejects, plan, manifest, rejects, out_dir)
-    _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest, MANIFEST_SCHEMA)
-    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects, REJECTS_SCHEMA)
+    _write_parquet(os.path.join(out_dir, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
+    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects_table(rejects))
     report["plots"] = write_report_plots(_plot_stats(report, plan, geofences),
                                          os.path.join(out_dir, "plots"))
     lap("report_s")
@@ -255,7 +247,7 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
 def make_report(refs: list[ClipRef], windows: list[dict], clip_rejects: list[dict], plan: Plan,
                 manifest: list[dict], rejects: list[dict], out_dir: str) -> dict:
     """Counts that must reconcile, and the selection statistics."""
-    n_failed = sum(1 for r in rejects if r["stage"] == "decode")
+    n_failed = sum(1 for r in rejects if r["stage"] not in ("ingest", "select"))   # failed in a window stage
     accounting = {
         "clips_in": len(refs),
         "clips_rejected": len(clip_rejects),

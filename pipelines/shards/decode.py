@@ -14,7 +14,8 @@ from gaia2.camera.model import resize_crop_intrinsics
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.windows import cut_windows
 from gaia2.schema.clip import Clip
-from gaia2.schema.errors import ClipError, Reason
+from gaia2.schema.errors import Reason
+from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 
 
@@ -31,7 +32,9 @@ def shard_calibration(clip: Clip, out_wh: tuple[int, int]) -> tuple[list[dict], 
 
 
 class DecodeWindows:
-    """Callable Ray Data stage: planned window rows -> rows with ``frames`` (N, T, H, W, 3) uint8."""
+    """Callable Ray Data stage: planned window rows -> rows with ``frames`` (N, T, H, W, 3) uint8,
+    ``cameras_json`` and ``timestamps`` (T,); a window that fails gets its reject columns and empty
+    frames (``pipelines/rejects.py``)."""
 
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
@@ -52,26 +55,14 @@ class DecodeWindows:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        frames, cams, stamps, errors = [], [], [], []
-        for i in range(n):
-            try:
-                f, c, t = self.decode(str(batch["clip_json"][i]), int(batch["window"][i]))
-                error = ""
-            except ClipError as err:
-                f, c, t, error = np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0), f"{err.reason.value}: {err.detail}"
-            except Exception as err:   # a window must not take the build down: it becomes a reject row
-                f, c, t = np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0)
-                error = f"{Reason.DECODE_FAILED.value}: {type(err).__name__}: {err}"
-            frames.append(f)
-            cams.append(json.dumps(c))
-            stamps.append(t)
-            errors.append(error)
+        empty = (np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0))
+        decoded, rejects = map_rows(lambda i: self.decode(str(batch["clip_json"][i]), int(batch["window"][i])),
+                                    n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
         out = dict(batch)
-        out["frames"] = object_column(frames)
-        out["cameras_json"] = np.asarray(cams, dtype=object)
-        out["timestamps"] = object_column(stamps)
-        out["error"] = np.asarray(errors, dtype=object)
-        return out
+        out["frames"] = object_column([f for f, _, _ in decoded])
+        out["cameras_json"] = np.asarray([json.dumps(c) for _, c, _ in decoded], dtype=object)
+        out["timestamps"] = object_column([t for _, _, t in decoded])
+        return out | reject_columns(rejects)
 
 
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not

@@ -1,8 +1,8 @@
-"""Stage: 3D agent detection of each window -> the (T, N, B, 13) agent features of its shard sample.
+"""Stage: 3D agent detection of each window -> the (T, N, A, 13) agent features of its shard sample.
 
 Used as an actor stage, the detector loaded once per actor:
     ds.map_batches(DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
-                   "max_boxes": det.max_boxes, "score_threshold": det.score_threshold},
+                   "max_agents": det.max_agents, "score_threshold": det.score_threshold},
                    batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
                    num_cpus=det.num_cpus, num_gpus=det.num_gpus)
 """
@@ -19,7 +19,8 @@ from gaia2.detection import build_detector
 from gaia2.detection.base import DetectionError
 from gaia2.detection.features import FEATURE_DIM, agent_features
 from gaia2.schema.clip import Clip
-from gaia2.schema.errors import ClipError, Reason
+from gaia2.schema.errors import Reason
+from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 
 _CAMERA_KEYS = ("name", "width", "height", "intrinsics", "extrinsics", "distortion")
@@ -48,18 +49,18 @@ def cameras_from_json(cameras_json: str) -> list[CameraModel]:
 
 class DetectAgents:
     """Callable Ray Data stage: rows with ``frames`` (N, T, H, W, 3) uint8, ``cameras_json``,
-    ``timestamps`` (T,), ``clip_json`` and ``error`` -> adds ``boxes`` (T, N, B, 13) float32 and
-    ``boxes_valid`` (T, N, B) bool per row.
+    ``timestamps`` (T,) and ``clip_json`` -> adds ``boxes`` (T, N, A, 13) float32 and ``boxes_valid``
+    (T, N, A) bool per row, A = ``max_agents`` slots.
 
-    Rows that arrive with an error pass through with (0, 0, B, 13) / (0, 0, B) arrays; a row whose
-    detection fails gets ``error = "decode_failed: ..."`` instead of stopping the build.
+    Rejected rows pass through with (0, 0, A, 13) / (0, 0, A) arrays; a row whose detection fails is
+    rejected (stage "detect") instead of stopping the build.
     """
 
-    def __init__(self, kind: str, checkpoint: str | None, max_boxes: int, score_threshold: float):
-        if max_boxes < 1:
-            raise ValueError(f"detection.max_boxes: must be >= 1, got {max_boxes}")
+    def __init__(self, kind: str, checkpoint: str | None, max_agents: int, score_threshold: float):
+        if max_agents < 1:
+            raise ValueError(f"detection.max_agents: must be >= 1, got {max_agents}")
         self.detector = build_detector(kind, checkpoint, score_threshold)
-        self.max_boxes = max_boxes
+        self.max_agents = max_agents
 
     def detect_row(self, frames: np.ndarray, cameras_json: str, timestamps: np.ndarray,
                    clip_json: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,25 +69,16 @@ class DetectAgents:
         clip = Clip.from_dict(json.loads(clip_json)) if self.detector.requires_clip else None
         ts = np.asarray(timestamps, dtype=np.float64)
         boxes = self.detector.detect(np.asarray(frames), cameras, ts, clip)
-        return agent_features(boxes, cameras, self.max_boxes)
+        return agent_features(boxes, cameras, self.max_agents)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["frames"])
-        errors = [str(e) for e in batch["error"]]
-        empty = (np.zeros((0, 0, self.max_boxes, FEATURE_DIM), np.float32),
-                 np.zeros((0, 0, self.max_boxes), bool))
-        feats, valid = [empty[0]] * n, [empty[1]] * n
-        for i in range(n):
-            if errors[i]:
-                continue
-            try:
-                feats[i], valid[i] = self.detect_row(batch["frames"][i], str(batch["cameras_json"][i]),
-                                                     batch["timestamps"][i], str(batch["clip_json"][i]))
-            except Exception as err:   # a window must not take the build down: it becomes a reject row
-                errors[i] = str(ClipError(Reason.DECODE_FAILED, f"detection: {type(err).__name__}: {err}"))
+        empty = (np.zeros((0, 0, self.max_agents, FEATURE_DIM), np.float32), np.zeros((0, 0, self.max_agents), bool))
+        feats, rejects = map_rows(
+            lambda i: self.detect_row(batch["frames"][i], str(batch["cameras_json"][i]), batch["timestamps"][i],
+                                      str(batch["clip_json"][i])),
+            n, "detect", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
         out = dict(batch)
-        out["boxes"] = object_column(feats)
-        out["boxes_valid"] = object_column(valid)
-        out["error"] = np.asarray(errors, dtype=object)
-        return out
-
+        out["boxes"] = object_column([f for f, _ in feats])
+        out["boxes_valid"] = object_column([v for _, v in feats])
+        return out | reject_columns(rejects)

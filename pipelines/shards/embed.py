@@ -13,46 +13,45 @@ import numpy as np
 
 from gaia2.embedding.clip import ClipImageEmbedder
 from gaia2.schema.errors import ClipError, Reason
+from pipelines.rejects import Reject, batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 
 
 class EmbedClip:
     """Callable Ray Data stage: rows with ``frames`` (N, T, H, W, 3) uint8 -> ``clip`` (N, D) float32.
 
-    Error rows (non-empty ``error``) pass through with a (0, D) embedding. All middle frames of a
-    batch go through the model in one call, so the accelerator sees batch_size * N images at once.
+    Rejected rows pass through with a (0, D) embedding. All middle frames of a batch go through the
+    model in one call, so the accelerator sees batch_size * N images at once; if that call fails,
+    every row in it is rejected (stage "embed").
     """
 
     def __init__(self, path: str, device: str | None = None):
         self.embedder = ClipImageEmbedder(path, device=device)
 
+    @staticmethod
+    def middle_frames(frames: np.ndarray) -> np.ndarray:
+        """(N, T, H, W, 3) -> each camera's middle frame, (N, H, W, 3)."""
+        if not isinstance(frames, np.ndarray) or frames.ndim != 5 or 0 in frames.shape[:2]:
+            shape = getattr(frames, "shape", type(frames).__name__)
+            raise ClipError(Reason.DECODE_FAILED, f"frames must be (N, T, H, W, 3) with N, T > 0, got {shape}")
+        return frames[:, frames.shape[1] // 2]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["frames"])
-        errors = [str(e) for e in batch["error"]]
         dim = self.embedder.dim
         clips = [np.zeros((0, dim), np.float32) for _ in range(n)]
-        middles, rows = [], []   # per ok row: its (N, H, W, 3) middle frames
-        for i in range(n):
-            if errors[i]:
-                continue
-            frames = batch["frames"][i]
-            if not isinstance(frames, np.ndarray) or frames.ndim != 5 or 0 in frames.shape[:2]:
-                shape = getattr(frames, "shape", type(frames).__name__)
-                errors[i] = str(ClipError(Reason.DECODE_FAILED,
-                                          f"clip embedding: frames must be (N, T, H, W, 3) with N, T > 0, got {shape}"))
-                continue
-            middles.append(frames[:, frames.shape[1] // 2])
-            rows.append(i)
+        middles, rejects = map_rows(lambda i: self.middle_frames(batch["frames"][i]), n, "embed",
+                                    Reason.DECODE_FAILED, None, batch_rejects(batch, n))
+        rows = [i for i in range(n) if rejects[i] is None]
         if rows:
             try:
-                emb = self.embedder.embed(np.concatenate(middles))   # (sum N, D)
-                ends = np.cumsum([len(m) for m in middles])
+                emb = self.embedder.embed(np.concatenate([middles[i] for i in rows]))   # (sum N, D)
+                ends = np.cumsum([len(middles[i]) for i in rows])
                 for i, part in zip(rows, np.split(emb, ends[:-1])):
                     clips[i] = part
             except Exception as err:   # the windows become reject rows; the build goes on
                 for i in rows:
-                    errors[i] = str(ClipError(Reason.DECODE_FAILED, f"clip embedding: {type(err).__name__}: {err}"))
+                    rejects[i] = Reject.of("embed", err, Reason.DECODE_FAILED)
         out = dict(batch)
         out["clip"] = object_column(clips)
-        out["error"] = np.asarray(errors, dtype=object)
-        return out
+        return out | reject_columns(rejects)

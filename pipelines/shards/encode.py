@@ -13,9 +13,11 @@ import numpy as np
 
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.schema.clip import Clip, dumps
+from gaia2.schema.errors import Reason
 from gaia2.schema.metadata import VOCAB_VERSION, decode_metadata
 from gaia2.schema.sample import SAMPLE_VERSION, npy_bytes, tar_members
 from gaia2.video.encode import VideoCodec, encode_video
+from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 
 
@@ -59,20 +61,12 @@ class PackSamples:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        samples, errors = [], list(batch["error"])
-        for i in range(n):
-            data = b""
-            if not errors[i]:
-                try:
-                    data = self.pack({k: v[i] for k, v in batch.items()})
-                except Exception as err:   # becomes a reject row, not a crash
-                    errors[i] = f"decode_failed: packing: {type(err).__name__}: {err}"
-            samples.append(data)
+        samples, rejects = map_rows(lambda i: self.pack({k: v[i] for k, v in batch.items()}), n, "pack",
+                                    Reason.DECODE_FAILED, b"", batch_rejects(batch, n))
         keep = ("key", "shard", "split", "weight", "cell", "clip_id", "drive_id", "window", "start_time")
         out = {k: batch[k] for k in keep}
         out["sample"] = np.asarray(samples, dtype=object)
-        out["error"] = np.asarray(errors, dtype=object)
-        return out
+        return out | reject_columns(rejects)
 
 
 class EncodeVideos:
@@ -85,27 +79,29 @@ class EncodeVideos:
     def __init__(self, config_json: str):
         self.codec = VideoCodec.from_config(ShardBuildConfig.model_validate_json(config_json).codec)
 
+    def encode(self, key: str, frames: np.ndarray, timestamps: np.ndarray,
+               cameras_json: str) -> tuple[bytes, np.ndarray]:
+        """One window -> (its ``<key>.<camera>.mp4`` tar members, the middle frames (N, 1, H, W, 3))."""
+        t = np.asarray(timestamps, dtype=np.float64)
+        fps = 1.0 / float(np.median(np.diff(t)))
+        names = [c["name"] for c in json.loads(cameras_json)]
+        videos = tar_members([(f"{key}.{name}.mp4", encode_video(np.asarray(cam), fps, self.codec))
+                              for name, cam in zip(names, frames)])
+        middle = frames.shape[1] // 2
+        return videos, np.ascontiguousarray(frames[:, middle: middle + 1])
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        videos, middles, errors = [], [], list(batch["error"])
-        for i in range(len(batch["key"])):
-            frames, encoded = batch["frames"][i], b""
-            if not errors[i]:
-                try:
-                    t = np.asarray(batch["timestamps"][i], dtype=np.float64)
-                    fps = 1.0 / float(np.median(np.diff(t)))
-                    names = [c["name"] for c in json.loads(batch["cameras_json"][i])]
-                    encoded = tar_members([(f"{batch['key'][i]}.{name}.mp4", encode_video(np.asarray(cam), fps, self.codec))
-                                           for name, cam in zip(names, frames)])
-                    frames = frames[:, frames.shape[1] // 2: frames.shape[1] // 2 + 1]
-                except Exception as err:   # becomes a reject row, not a crash
-                    errors[i] = f"decode_failed: encoding: {type(err).__name__}: {err}"
-            videos.append(encoded)
-            middles.append(np.ascontiguousarray(frames))
+        n = len(batch["key"])
+        # A rejected row's frames go no further: nothing downstream reads them.
+        empty = (b"", np.zeros((0, 0, 0, 0, 3), np.uint8))
+        encoded, rejects = map_rows(
+            lambda i: self.encode(str(batch["key"][i]), batch["frames"][i], batch["timestamps"][i],
+                                  str(batch["cameras_json"][i])),
+            n, "encode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
         out = dict(batch)
-        out["videos"] = np.asarray(videos, dtype=object)
-        out["frames"] = object_column(middles)
-        out["error"] = np.asarray(errors, dtype=object)
-        return out
+        out["videos"] = np.asarray([v for v, _ in encoded], dtype=object)
+        out["frames"] = object_column([f for _, f in encoded])
+        return out | reject_columns(rejects)
 
 
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not

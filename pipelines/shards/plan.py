@@ -34,7 +34,7 @@ class Plan:
 def estimate_sample_bytes(cfg: ShardBuildConfig, cameras: float) -> float:
     """Rough size of one sample, from the video bit budget; used only to size shards."""
     video = cameras * cfg.window.frames * cfg.image.height * cfg.image.width * cfg.shards.bits_per_pixel / 8
-    arrays = cfg.window.frames * cameras * cfg.detection.max_boxes * 14 * 4
+    arrays = cfg.window.frames * cameras * cfg.detection.max_agents * 14 * 4
     return video + arrays + 8192   # json, embeddings, tar headers
 
 

@@ -71,8 +71,8 @@ def verify_build(out_dir: str, source: str | None = None) -> dict:
     check("accounted_once", not dupes, f"windows accounted for more than once: {dupes[:5]}")
     check("accounted_once", len(keys) == report["accounting"]["windows_cut"],
           f"{len(keys)} window rows, report says {report['accounting']['windows_cut']} windows cut")
-    check("reasons", all(r["reason"] in Reason._value2member_map_ and r["detail"] for r in rejects),
-          "a reject row without a known reason or a detail")
+    check("reasons", all(r["stage"] and r["reason"] in Reason._value2member_map_ and r["detail"] for r in rejects),
+          "a reject row without a stage, a known reason or a detail")
     clip_ids = {m["clip_id"] for m in manifest} | {r["clip_id"] for r in rejects}
     if source is not None:
         from pipelines.shards.sources import list_clips
@@ -102,7 +102,7 @@ def verify_build(out_dir: str, source: str | None = None) -> dict:
             boxes = np.load(io.BytesIO(files["boxes.npy"]))
             valid = np.load(io.BytesIO(files["boxes_valid.npy"]))
             clip = np.load(io.BytesIO(files["clip.npy"]))
-            ok = (boxes.dtype == np.float32 and boxes.shape == (t, n_cams, cfg.detection.max_boxes, 13)
+            ok = (boxes.dtype == np.float32 and boxes.shape == (t, n_cams, cfg.detection.max_agents, 13)
                   and valid.dtype == bool and valid.shape == boxes.shape[:3]
                   and clip.dtype == np.float32 and clip.ndim == 2 and clip.shape[0] == n_cams
                   and all(f"{c['name']}.mp4" in files for c in meta["cameras"]))

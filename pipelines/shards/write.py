@@ -3,7 +3,8 @@
 The shard's name and membership come from the plan (decided before any pixel is decoded), so the
 output does not depend on which worker finished first, and no shuffle is needed: the packing stage
 stages each sample as ``_staging/<split>-shard-NNNNNN/<key>.tarpart`` (tar member bytes) or
-``<key>.failed.json``; assembly concatenates a shard's staged samples in key order.
+``<key>.failed.json`` (its reject: stage, reason, detail); assembly concatenates a shard's staged
+samples in key order, and its index lists the failed ones as rejects-table rows.
 
 Commit order, for resume: staged files are written to a temporary name and renamed; a shard's index
 sidecar is written before its tar is renamed into place, so a tar under its final name always has
@@ -17,10 +18,12 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 
 from gaia2.schema.sample import tar_archive
+from pipelines.rejects import Reject, batch_rejects, reject_columns, reject_row
 
 STAGING = "_staging"
 # What a shard's index (and the manifest) records of each sample.
@@ -70,11 +73,11 @@ def is_staged(out_dir: str, shard: str, key: str) -> bool:
     return os.path.exists(os.path.join(d, key + _PART)) or os.path.exists(os.path.join(d, key + _FAILED))
 
 
-def stage_sample(out_dir: str, shard: str, key: str, sample: bytes, error: str) -> None:
-    """Stage one sample's tar members, or the reason it failed."""
+def stage_sample(out_dir: str, shard: str, key: str, sample: bytes, reject: Reject | None) -> None:
+    """Stage one sample's tar members, or why it was rejected."""
     d = staging_dir(out_dir, shard)
-    if error:
-        atomic_write(os.path.join(d, key + _FAILED), json.dumps({"error": error}).encode(), durable=False)
+    if reject is not None:
+        atomic_write(os.path.join(d, key + _FAILED), json.dumps(asdict(reject)).encode(), durable=False)
     else:
         atomic_write(os.path.join(d, key + _PART), sample, durable=False)
 
@@ -82,7 +85,7 @@ def stage_sample(out_dir: str, shard: str, key: str, sample: bytes, error: str) 
 def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
     """Concatenate the staged samples of ``rows`` (the plan's rows of this shard) into the shard.
 
-    Returns the shard's index: its samples (manifest rows), failures, size and SHA-256.
+    Returns the shard's index: its samples (manifest rows), failures (rejects-table rows), size and SHA-256.
     """
     d = staging_dir(out_dir, shard)
     fragments, samples, failed = [], [], []
@@ -95,7 +98,8 @@ def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
             samples.append(info)
         elif os.path.exists(fail):
             with open(fail) as f:
-                failed.append({**info, "error": json.load(f)["error"]})
+                reject = Reject(**json.load(f))
+            failed.append(reject_row(reject, row["clip_id"], row["key"], int(row["window"]), shard, row["split"]))
         else:
             raise RuntimeError(f"shard {shard}: sample {row['key']} was never staged")
     data = tar_archive(fragments)
@@ -108,7 +112,9 @@ def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
 
 
 def stage_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
-    """Ray Data task: stage each packed sample; pass on only the keys (nothing heavy reaches the driver)."""
-    for key, shard, sample, error in zip(batch["key"], batch["shard"], batch["sample"], batch["error"]):
-        stage_sample(out_dir, str(shard), str(key), bytes(sample), str(error))
-    return {"key": np.asarray(batch["key"]), "error": np.asarray(batch["error"], dtype=object)}
+    """Ray Data task: stage each packed sample; pass on only the keys and rejects (nothing heavy
+    reaches the driver)."""
+    rejects = batch_rejects(batch, len(batch["key"]))
+    for key, shard, sample, reject in zip(batch["key"], batch["shard"], batch["sample"], rejects):
+        stage_sample(out_dir, str(shard), str(key), bytes(sample), reject)
+    return {"key": np.asarray(batch["key"], dtype=object)} | reject_columns(rejects)

@@ -13,7 +13,8 @@ Output directory:
                                  float32 (T_latent, N_cameras, L, H/s, W/s), cameras in the json's order
     index/<split>-shard-*.json   per-shard sidecar: samples, failures, bytes, SHA-256 (resume)
     manifest.parquet             the input's manifest rows of the samples written (all, unless some failed)
-    rejects.parquet              one row per sample that failed: key, shard, split, clip_id, reason, detail
+    rejects.parquet              one row per sample that failed: key, shard, split, clip_id, window, and the
+                                 stage, reason and detail (pipelines/rejects.py)
     latents.json                 report: tokenizer path/config, mode, seed, latent shapes, counts, seconds
     encode.json                  what the latents were made from; a rerun onto another is refused
 
@@ -36,6 +37,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.rejects import rejects_table
 from pipelines.shards.write import SAMPLE_FIELDS, STAGING, assemble_shard, read_index, shard_path
 from pipelines.tokenizer.latents_config import (ENCODE_FILE, REPORT_FILE, LatentConfig, LatentInputError,
                                                 LatentInputs, check_inputs, check_output, fingerprint,
@@ -52,8 +54,6 @@ __all__ = ["ENCODE_FILE", "LATENTS_MEMBER", "REPORT_FILE", "EncodeLatents", "Lat
 # A decode worker's own memory, torch and decord loaded: measured ~420 MB, plus the 25% headroom Ray
 # Data's memory detector asks for.
 DECODE_WORKER_BYTES = 640 << 20
-REJECTS_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("split", pa.string()),
-                            ("clip_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
 
@@ -155,16 +155,13 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
         ray.get([assemble.remote(out_dir, s, by_shard[s]) for s in todo])
     shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # every shard is assembled
 
-    written, failed = set(), []
+    written, rejects = set(), []
     for shard in inputs.shards:
         index = read_index(out_dir, shard)
         if index is None:
             raise RuntimeError(f"shard {shard} is missing after encoding")
         written.update(s["key"] for s in index["samples"])
-        failed.extend({**f, "shard": shard} for f in index["failed"])
-    rejects = [{"key": f["key"], "shard": f["shard"], "split": f["split"], "clip_id": f["clip_id"],
-                "reason": f["error"].split(":", 1)[0], "detail": f["error"].split(":", 1)[-1].strip()}
-               for f in failed]
+        rejects.extend(index["failed"])   # already rejects-table rows
     manifest = inputs.manifest.filter(pa.array([k in written for k in inputs.manifest.column("key").to_pylist()]))
     shapes_task = ray.remote(num_cpus=cfg.io_cpus)(latent_shapes)
     shapes: Counter = Counter()
@@ -175,7 +172,7 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
     report = make_report(inputs, cfg, rows, rejects, len(written), dict(sorted(shapes.items())),
                          len(done), staged, seconds)
     _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest)
-    _write_parquet(os.path.join(out_dir, "rejects.parquet"), pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects_table(rejects))
     with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     log(f"[latents] done in {seconds:.1f} s: {len(written)} samples written, {len(rejects)} rejected, "

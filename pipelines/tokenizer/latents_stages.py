@@ -19,6 +19,7 @@ import numpy as np
 
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
+from pipelines.rejects import Reject, batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 from pipelines.shards.write import is_staged, shard_path, stage_sample
 from pipelines.tokenizer.latents_config import read_samples
@@ -39,17 +40,18 @@ def read_shard_batch(batch: dict[str, np.ndarray], shards_dir: str, out_dir: str
     """Ray Data task: input shards (``shard``, ``keys_json``: the manifest's keys of it) -> one row per
     sample not yet staged: ``members`` (its tar member bytes), in blocks of ``chunk`` samples.
 
-    A manifest key missing from the tar becomes a failed row; a tar key missing from the manifest, or
-    samples out of key order (the output is assembled in key order), is an inconsistent build and raises.
+    A manifest key missing from the tar becomes a rejected row (stage "read"); a tar key missing from the
+    manifest, or samples out of key order (the output is assembled in key order), is an inconsistent
+    build and raises.
     """
-    def rows(items: list[tuple[str, str, bytes, str]]) -> dict[str, np.ndarray]:
-        shard_, key_, members_, error_ = zip(*items)
+    def rows(items: list[tuple[str, str, bytes, Reject | None]]) -> dict[str, np.ndarray]:
+        shard_, key_, members_, rejects = zip(*items)
         return {"shard": np.asarray(shard_, dtype=object), "key": np.asarray(key_, dtype=object),
-                "members": np.asarray(members_, dtype=object), "error": np.asarray(error_, dtype=object)}
+                "members": np.asarray(members_, dtype=object)} | reject_columns(rejects)
 
     for shard, keys_json in zip(batch["shard"], batch["keys_json"]):
         shard, expected = str(shard), set(json.loads(str(keys_json)))
-        pending: list[tuple[str, str, bytes, str]] = []
+        pending: list[tuple[str, str, bytes, Reject | None]] = []
         found: list[str] = []
         for key, members in read_samples(shard_path(shards_dir, shard)):
             if key not in expected:
@@ -60,14 +62,15 @@ def read_shard_batch(batch: dict[str, np.ndarray], shards_dir: str, out_dir: str
                                  f"hold their samples in key order")
             found.append(key)
             if not is_staged(out_dir, shard, key):
-                pending.append((shard, key, tar_members(members), ""))
+                pending.append((shard, key, tar_members(members), None))
             if len(pending) >= chunk:
                 yield rows(pending)
                 pending = []
         for key in sorted(expected - set(found)):
             if not is_staged(out_dir, shard, key):
-                err = ClipError(Reason.INVALID_RECORD, f"sample {key} is in manifest.parquet but not in {shard}.tar")
-                pending.append((shard, key, b"", str(err)))
+                missing = Reject("read", Reason.INVALID_RECORD.value,
+                                 f"sample {key} is in manifest.parquet but not in {shard}.tar")
+                pending.append((shard, key, b"", missing))
         if pending:
             yield rows(pending)
 
@@ -113,24 +116,16 @@ def decode_sample(key: str, fragment: bytes, height: int, width: int,
 
 def decode_batch(batch: dict[str, np.ndarray], height: int, width: int, window: int) -> dict[str, np.ndarray]:
     """Ray Data task: ``members`` -> ``frames`` (N, T, H, W, 3) uint8, ``head``, ``tail``; a sample that
-    fails gets its reason in ``error`` (and empty frames) and goes on to the rejects."""
-    errors = [str(e) for e in batch["error"]]
-    frames, heads, tails = [], [], []
-    for i, (key, fragment) in enumerate(zip(batch["key"], batch["members"])):
-        clip, head, tail = np.zeros((0, window, height, width, 3), np.uint8), b"", b""
-        if not errors[i]:
-            try:
-                clip, head, tail = decode_sample(str(key), bytes(fragment), height, width, window)
-            except ClipError as err:
-                errors[i] = str(err)
-            except Exception as err:   # any other per-sample failure is a reject row, not a crash
-                errors[i] = str(ClipError(Reason.DECODE_FAILED, f"sample {key}: {type(err).__name__}: {err}"))
-        frames.append(clip)
-        heads.append(head)
-        tails.append(tail)
-    return {"shard": batch["shard"], "key": batch["key"], "frames": object_column(frames),
-            "head": np.asarray(heads, dtype=object), "tail": np.asarray(tails, dtype=object),
-            "error": np.asarray(errors, dtype=object)}
+    fails is rejected (stage "decode", empty frames) and goes on to the rejects."""
+    def decode(i: int) -> tuple[np.ndarray, bytes, bytes]:
+        return decode_sample(str(batch["key"][i]), bytes(batch["members"][i]), height, width, window)
+
+    n = len(batch["key"])
+    empty = (np.zeros((0, window, height, width, 3), np.uint8), b"", b"")
+    decoded, rejects = map_rows(decode, n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
+    return {"shard": batch["shard"], "key": batch["key"], "frames": object_column([f for f, _, _ in decoded]),
+            "head": np.asarray([h for _, h, _ in decoded], dtype=object),
+            "tail": np.asarray([t for _, _, t in decoded], dtype=object)} | reject_columns(rejects)
 
 
 class EncodeLatents:
@@ -177,25 +172,25 @@ class EncodeLatents:
         return np.ascontiguousarray(rearrange(latents, "n l t h w -> t n l h w").numpy(), dtype=np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        latents = []
-        for key, frames, error in zip(batch["key"], batch["frames"], batch["error"]):
-            latents.append(np.zeros((0,) * 5, np.float32) if error else self.encode_sample(str(key), frames))
+        rejects = batch_rejects(batch, len(batch["key"]))
+        latents = [np.zeros((0,) * 5, np.float32) if reject else self.encode_sample(str(key), frames)
+                   for key, frames, reject in zip(batch["key"], batch["frames"], rejects)]
         return {"shard": batch["shard"], "key": batch["key"], "latents": object_column(latents),
-                "head": batch["head"], "tail": batch["tail"], "error": batch["error"]}
+                "head": batch["head"], "tail": batch["tail"]} | reject_columns(rejects)
 
 
 def stage_latents_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndarray]:
-    """Ray Data task: stage each sample (head + ``<key>.latents.npy`` + tail) or its failure; passes on
-    only the keys, so nothing heavy reaches the driver."""
-    for shard, key, head, latents, tail, error in zip(batch["shard"], batch["key"], batch["head"],
-                                                       batch["latents"], batch["tail"], batch["error"]):
-        key, error = str(key), str(error)
-        sample = b""
-        if not error:
+    """Ray Data task: stage each sample (head + ``<key>.latents.npy`` + tail) or its reject; passes on
+    only the keys and rejects, so nothing heavy reaches the driver."""
+    rejects = batch_rejects(batch, len(batch["key"]))
+    for shard, key, head, latents, tail, reject in zip(batch["shard"], batch["key"], batch["head"],
+                                                        batch["latents"], batch["tail"], rejects):
+        key, sample = str(key), b""
+        if reject is None:
             member = tar_members([(f"{key}.{LATENTS_MEMBER}", npy_bytes(np.asarray(latents, dtype=np.float32)))])
             sample = bytes(head) + member + bytes(tail)
-        stage_sample(out_dir, str(shard), key, sample, error)
-    return {"key": np.asarray(batch["key"], dtype=object), "error": np.asarray(batch["error"], dtype=object)}
+        stage_sample(out_dir, str(shard), key, sample, reject)
+    return {"key": np.asarray(batch["key"], dtype=object)} | reject_columns(rejects)
 
 
 def latent_shapes(path: str) -> dict[str, int]:
