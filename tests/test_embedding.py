@@ -11,6 +11,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionC
                           CLIPVisionModelWithProjection)
 
 from gaia2.embedding import ClipImageEmbedder, save_random_clip
+from pipelines.rejects import Reject, batch_rejects, reject_columns
 from pipelines.shards.embed import EmbedClip
 
 D = 16
@@ -161,12 +162,12 @@ def _rows(cams: list[int], t: int = 5, h: int = 24, w: int = 40, seed: int = 0) 
     return [rng.integers(0, 256, (n, t, h, w, 3), dtype=np.uint8) for n in cams]
 
 
-def _batch(frames: list[np.ndarray], errors: list[str]) -> dict[str, np.ndarray]:
+def _batch(frames: list[np.ndarray], rejects: list[Reject | None]) -> dict[str, np.ndarray]:
     col = np.empty(len(frames), dtype=object)
     for i, f in enumerate(frames):
         col[i] = f
     return {"key": np.asarray([f"k{i}" for i in range(len(frames))], dtype=object), "frames": col,
-            "error": np.asarray(errors, dtype=object)}
+            **reject_columns(rejects)}
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,8 @@ def stage(clip_dir) -> EmbedClip:
 
 def test_stage_embeds_middle_frame_of_every_camera(stage, embedder):
     frames = _rows([5, 6])
-    out = stage(_batch(frames, ["", ""]))
-    assert list(out["error"]) == ["", ""]
+    out = stage(_batch(frames, [None, None]))
+    assert batch_rejects(out, 2) == [None, None]
     assert [c.shape for c in out["clip"]] == [(5, D), (6, D)]
     assert all(c.dtype == np.float32 for c in out["clip"])
     np.testing.assert_array_equal(out["key"], ["k0", "k1"])   # other columns pass through
@@ -186,39 +187,45 @@ def test_stage_embeds_middle_frame_of_every_camera(stage, embedder):
 
     other = [f.copy() for f in frames]
     other[1][3, 0] = 255 - other[1][3, 0]          # not the middle frame: nothing changes
-    np.testing.assert_allclose(np.concatenate(stage(_batch(other, ["", ""]))["clip"]),
+    np.testing.assert_allclose(np.concatenate(stage(_batch(other, [None, None]))["clip"]),
                                np.concatenate(out["clip"]), atol=1e-6)
     middle = [f.copy() for f in frames]
     middle[1][3, 2] = 255 - middle[1][3, 2]        # camera 3's middle frame of row 1: only it changes
-    changed = stage(_batch(middle, ["", ""]))["clip"]
+    changed = stage(_batch(middle, [None, None]))["clip"]
     np.testing.assert_allclose(changed[0], out["clip"][0], atol=1e-6)
     np.testing.assert_allclose(np.delete(changed[1], 3, 0), np.delete(out["clip"][1], 3, 0), atol=1e-6)
     assert float(changed[1][3] @ out["clip"][1][3]) < 0.9999
 
 
-def test_stage_passes_error_rows_and_flags_malformed_rows(stage):
+def test_stage_passes_rejected_rows_and_rejects_malformed_rows(stage):
     frames = _rows([5, 6, 5])
     frames[1] = np.zeros((0, 0, 0, 0, 3), np.uint8)   # what decode leaves in a failed row
     frames[2] = frames[2][:, 0]                         # (N, H, W, 3): a missing time axis
-    out = stage(_batch([frames[0], frames[1], frames[2]], ["", "unreadable_video: cam_front", ""]))
-    assert out["error"][0] == "" and out["clip"][0].shape == (5, D)
-    assert out["error"][1] == "unreadable_video: cam_front" and out["clip"][1].shape == (0, D)
-    assert out["error"][2].startswith("decode_failed: clip embedding: frames must be (N, T, H, W, 3)")
+    unreadable = Reject("ingest", "unreadable_video", "cam_front")
+    out = stage(_batch([frames[0], frames[1], frames[2]], [None, unreadable, None]))
+    rejects = batch_rejects(out, 3)
+    assert rejects[0] is None and out["clip"][0].shape == (5, D)
+    assert rejects[1] == unreadable and out["clip"][1].shape == (0, D)
+    assert (rejects[2].stage, rejects[2].reason) == ("embed", "decode_failed")
+    assert rejects[2].detail.startswith("frames must be (N, T, H, W, 3)")
     assert out["clip"][2].shape == (0, D)
 
 
 def test_stage_batch_failure_marks_ok_rows(stage):
     # Rows at different resolutions cannot share one model call: the batch fails as a value.
     a, b = _rows([5], h=24, w=40)[0], _rows([6], h=32, w=40)[0]
-    out = stage(_batch([a, b, np.zeros((0, 0, 0, 0, 3), np.uint8)], ["", "", "too_short: 3 frames"]))
-    assert out["error"][0].startswith("decode_failed: clip embedding: ValueError")
-    assert out["error"][1] == out["error"][0]
-    assert out["error"][2] == "too_short: 3 frames"
+    too_short = Reject("ingest", "too_short", "3 frames")
+    out = stage(_batch([a, b, np.zeros((0, 0, 0, 0, 3), np.uint8)], [None, None, too_short]))
+    rejects = batch_rejects(out, 3)
+    assert (rejects[0].stage, rejects[0].reason) == ("embed", "decode_failed")
+    assert rejects[0].detail.startswith("ValueError")
+    assert rejects[1] == rejects[0]
+    assert rejects[2] == too_short
     assert all(c.shape == (0, D) for c in out["clip"])
 
 
 def test_stage_accepts_a_dense_frames_column(stage):
     frames = np.stack(_rows([5, 5], seed=9))   # (B, N, T, H, W, 3): equal shapes arrive stacked
-    out = stage({"frames": frames, "error": np.asarray(["", ""], dtype=object)})
+    out = stage({"frames": frames, **reject_columns([None, None])})
     assert [c.shape for c in out["clip"]] == [(5, D), (5, D)]
     np.testing.assert_allclose(out["clip"][0], stage.embedder.embed(frames[0, :, 2]), atol=1e-6)
