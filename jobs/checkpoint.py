@@ -115,7 +115,10 @@ def _planner():
             try:
                 obj = torch.load(value, weights_only=True)
             except Exception as err:
-                raise CheckpointError(f"entry {read_item.dest_index.fqn}: not plain data ({err})") from None
+                # torch's message advises weights_only=False; keep only what the entry held.
+                why = next((line.split("error:", 1)[1].strip() for line in str(err).splitlines()
+                            if "WeightsUnpickler error:" in line), str(err).splitlines()[0])
+                raise CheckpointError(f"entry {read_item.dest_index.fqn}: not plain data ({why})") from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
             else:

@@ -159,9 +159,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 # Test hook: a hard crash of this worker process, once (the marker survives the restart).
                 # Ray Train's controller collects reported checkpoints when it polls the workers, every
                 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s); a crash sooner after a report loses that
-                # checkpoint and the run resumes from the one before. Waiting two intervals makes the
+                # checkpoint and the run resumes from the one before. Waiting three intervals makes the
                 # resume point deterministic for the tests.
-                time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+                time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
                 open(fail_marker, "w").close()
                 say(f"[{spec.name}] injected worker failure at step {step}")
                 os._exit(1)
