@@ -22,6 +22,7 @@ the newest valid one, warning about each it skips, with all ranks agreeing on th
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import hashlib
 import io
@@ -29,7 +30,7 @@ import json
 import os
 import pickle
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -135,6 +136,14 @@ def _single_process() -> bool:
     return not (dist.is_available() and dist.is_initialized())
 
 
+@contextlib.contextmanager
+def _no_single_process_warning() -> Iterator[None]:
+    """DCP warns that it assumes a single process whenever there is no process group; here that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def load_tensors(state: dict, directory: str, no_dist: bool | None = None) -> None:
     """Fill ``state`` (nested dicts of tensors, in place) from a DCP checkpoint, safely. ``no_dist``: read
     in this process alone (default: when there is no process group)."""
@@ -143,7 +152,8 @@ def load_tensors(state: dict, directory: str, no_dist: bool | None = None) -> No
 
     no_dist = _single_process() if no_dist is None else no_dist
     try:
-        dcp.load(state, storage_reader=_reader(directory), planner=_planner(), no_dist=no_dist)
+        with _no_single_process_warning():
+            dcp.load(state, storage_reader=_reader(directory), planner=_planner(), no_dist=no_dist)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as err:   # CheckpointException is a BaseException
@@ -199,7 +209,8 @@ def save(directory: str, trainer: Any, rank: int, world: int, data: dict, config
     import torch.distributed.checkpoint as dcp
 
     os.makedirs(directory, exist_ok=True)
-    dcp.save(_parts_state(trainer), checkpoint_id=directory, no_dist=_single_process())
+    with _no_single_process_warning():
+        dcp.save(_parts_state(trainer), checkpoint_id=directory, no_dist=_single_process())
     files = {os.path.basename(p): _sha256(p) for p in sorted(glob.glob(os.path.join(directory, "*.distcp")))}
     if os.path.exists(os.path.join(directory, METADATA)):
         files[METADATA] = _sha256(os.path.join(directory, METADATA))

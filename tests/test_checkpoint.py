@@ -38,7 +38,7 @@ class TinyTrainer:
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p, 0.5)
         self.step += 1
-        return float(loss)
+        return loss.item()
 
     def stateful(self) -> dict:
         return {"model": self.model, "ema": self.ema, "optimizer": (self.model, self.optimizer)}
