@@ -116,7 +116,7 @@ def _planner():
             try:
                 obj = torch.load(value, weights_only=True)
             except Exception as err:
-                # torch's message advises weights_only=False; keep only what the entry held.
+                # torch's message goes on to advise a full unpickling load; keep only what the entry held.
                 why = next((line.split("error:", 1)[1].strip() for line in str(err).splitlines()
                             if "WeightsUnpickler error:" in line), str(err).splitlines()[0])
                 raise CheckpointError(f"entry {read_item.dest_index.fqn}: not plain data ({why})") from None
