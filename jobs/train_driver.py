@@ -1,6 +1,6 @@
 """The training spine's driver: one ``run(spec, config)`` for every trainable model (``jobs/specs``).
 
-Preflight (the spec's checks, before Ray or MLflow start) -> Ray up and the resource check
+Resolve and preflight (what the data determines, and the spec's checks, before Ray or MLflow start) -> Ray up and the resource check
 (``jobs.resources``) -> the MLflow run (found again by its tags on resume) -> a Ray Train
 ``TorchTrainer`` running ``jobs.train_loop.train_loop`` on every worker, with checkpointing, failure
 handling and the spec's datasets -> the EMA weights of the final checkpoint exported
@@ -56,6 +56,7 @@ def run(spec: ModelSpec, cfg: Any) -> TrainOutcome:
     from jobs.tracking import find_run, log_config, mlflow_run, tracking_uri
     from jobs.train_loop import say, train_loop
 
+    cfg = spec.resolve(cfg)
     params = spec.preflight(cfg)
     name, workdir = spec.job_name(cfg), cfg.job.workdir
     init_ray()

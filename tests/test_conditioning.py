@@ -74,6 +74,12 @@ def test_normalise_action_applies_each_scale_to_its_component():
 
 # --- dropout rates ------------------------------------------------------------------------------
 
+def test_every_variable_is_dropped_on_its_own():
+    # speed and curvature separately, each metadata variable by its name, agents, CLIP, scenario (paper §4)
+    assert VARIABLES == ("speed", "curvature", *METADATA_KEYS, "agents", "clip", "scenario")
+    assert len(set(VARIABLES)) == len(VARIABLES) == 2 + V + 3
+
+
 def test_conditioning_dropout_rates_and_determinism():
     n = 40_000
     drop = ConditioningDropout(p_each=0.8, p_all=0.1)
@@ -82,10 +88,22 @@ def test_conditioning_dropout_rates_and_determinism():
     for name, k in keep.items():
         assert within(1 - k.float().mean().item(), 0.1 + 0.9 * 0.8, n), name       # 0.82 per variable
     stacked = torch.stack(list(keep.values()))
-    # All five dropped: the joint drop (0.1) or five independent drops (0.9 * 0.8^5).
-    assert within((~stacked).all(0).float().mean().item(), 0.1 + 0.9 * 0.8 ** 5, n)
-    # Two variables both kept: only without the joint drop, then independently: 0.9 * 0.2^2.
-    assert within((stacked[0] & stacked[1]).float().mean().item(), 0.9 * 0.2 ** 2, n)
+    k = len(VARIABLES)
+    # All dropped: the joint drop (0.1) or k independent drops (0.9 * 0.8^k).
+    assert within((~stacked).all(0).float().mean().item(), 0.1 + 0.9 * 0.8 ** k, n)
+    # None dropped: no joint drop, then k independent keeps.
+    assert within(stacked.all(0).float().mean().item(), 0.9 * 0.2 ** k, n)
+    # Every pair: both kept only without the joint drop, then independently (0.9 * 0.2^2); one kept and the
+    # other dropped: 0.9 * 0.2 * 0.8. So speed can be given without curvature, weather without country.
+    for i in range(k):
+        for j in range(i + 1, k):
+            pair = (VARIABLES[i], VARIABLES[j])
+            assert within((stacked[i] & stacked[j]).float().mean().item(), 0.9 * 0.2 ** 2, n), pair
+            assert within((stacked[i] & ~stacked[j]).float().mean().item(), 0.9 * 0.2 * 0.8, n), pair
+    # Exactly one variable kept (e.g. a request that gives only weather): 0.9 * 0.2 * 0.8^(k-1) each.
+    only = stacked & (stacked.sum(0) == 1)
+    for i, name in enumerate(VARIABLES):
+        assert within(only[i].float().mean().item(), 0.9 * 0.2 * 0.8 ** (k - 1), n, sigmas=6.0), name
     again = drop.sample(n, VARIABLES, torch.Generator().manual_seed(1))
     assert all(torch.equal(keep[k], again[k]) for k in VARIABLES)
     with pytest.raises(ValueError, match="p_each"):
@@ -157,24 +175,66 @@ def test_action_encoder_null_embedding_and_shapes():
     torch.manual_seed(0)
     enc = ActionEncoder(16)
     action = torch.tensor([[[10.0, 0.001], [20.0, -0.01]]]).repeat(2, 1, 1)   # (2, 2, 2)
-    out = enc(action, keep=torch.tensor([True, False]))
+    out = enc(action, keep=torch.tensor([[True, True], [False, False]]))
     assert out.shape == (2, 2, 16)
-    assert torch.equal(out[1], enc.null.detach().expand(2, 16))
+    both_null = enc.fc2(torch.nn.functional.silu(enc.null[0] + enc.null[1])).detach()
+    torch.testing.assert_close(out[1], both_null.expand(2, 16))
     torch.testing.assert_close(out[0], enc(action[:1])[0])
     assert not torch.allclose(out[0, 0], out[0, 1])
+    with pytest.raises(ValueError, match="speed, curvature"):
+        enc(action, keep=torch.tensor([True, False]))
+
+
+def test_speed_and_curvature_are_dropped_on_their_own_and_nan_means_dropped():
+    torch.manual_seed(0)
+    enc = ActionEncoder(16)
+    action = torch.tensor([[[10.0, 0.001], [20.0, -0.01]]])
+    other = torch.tensor([[[3.0, 0.001], [25.0, -0.01]]])          # same curvature, another speed
+    no_speed = torch.tensor([[False, True]])
+    # speed dropped: the output follows curvature alone, whatever the speed was
+    torch.testing.assert_close(enc(action, no_speed), enc(other, no_speed), rtol=0, atol=0)
+    assert not torch.allclose(enc(action), enc(other))
+    # curvature dropped: follows speed alone
+    bent = torch.tensor([[[10.0, 0.05], [20.0, 0.02]]])
+    no_curv = torch.tensor([[True, False]])
+    torch.testing.assert_close(enc(action, no_curv), enc(bent, no_curv), rtol=0, atol=0)
+    assert not torch.allclose(enc(action, no_speed), enc(action, no_curv))
+    # "unknown" at inference (NaN) is exactly "dropped" in training, per step too
+    unknown_speed = action.clone()
+    unknown_speed[..., 0] = float("nan")
+    torch.testing.assert_close(enc(unknown_speed), enc(action, no_speed), rtol=0, atol=0)
+    one_step = action.clone()
+    one_step[0, 1, 1] = float("nan")
+    out = enc(one_step)
+    torch.testing.assert_close(out[0, 0], enc(action)[0, 0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0, 1], enc(action, no_curv)[0, 1], rtol=0, atol=0)
+    assert torch.isfinite(out).all()
 
 
 def test_metadata_encoder_dropped_equals_unknown_ids():
     torch.manual_seed(0)
     enc = MetadataEncoder(8)
     ids = torch.ones(2, V, dtype=torch.long)
-    out = enc(ids, keep=torch.tensor([True, False]))
+    keep = torch.ones(2, V, dtype=torch.bool)
+    keep[1] = False
+    out = enc(ids, keep=keep)
     assert out.shape == (2, V, 8)
     torch.testing.assert_close(out[1], enc(torch.zeros(1, V, dtype=torch.long))[0], rtol=0, atol=0)
     assert not torch.equal(out[0], out[1])
+    # Each variable is dropped on its own: dropping weather alone changes only weather's token, to unknown's.
+    only = torch.ones(1, V, dtype=torch.bool)
+    w = METADATA_KEYS.index("weather")
+    only[0, w] = False
+    part = enc(ids[:1], keep=only)[0]
+    unknown_weather = ids[:1].clone()
+    unknown_weather[0, w] = 0
+    torch.testing.assert_close(part, enc(unknown_weather)[0], rtol=0, atol=0)
+    assert torch.equal(torch.cat([part[:w], part[w + 1:]]), torch.cat([out[0, :w], out[0, w + 1:]]))
     # Each variable has its own table: the same id gives different embeddings per variable.
     assert not torch.equal(out[0, 0], out[0, 1])
     assert [t.num_embeddings for t in enc.tables.values()] == [vocabulary_sizes()[k] for k in METADATA_KEYS]
+    with pytest.raises(ValueError, match="keep must be"):
+        enc(ids, keep=torch.tensor([True, False]))
 
 
 def test_projections_shapes_and_camera_slots():
@@ -237,10 +297,14 @@ def test_dropped_variables_give_exactly_the_null_contribution():
     # Sample 1: metadata as all-unknown ids, null action, CLIP / scenario / agent tokens masked and zero.
     zero_meta = dict(cond, metadata=torch.zeros_like(cond["metadata"]))
     assert torch.equal(out.tokens[1, :, : 1 + V], enc(zero_meta).tokens[1, :, : 1 + V])
-    assert torch.equal(out.action[1], enc.action.null.detach().expand(T, -1))
+    both_null = enc.action.fc2(torch.nn.functional.silu(enc.action.null[0] + enc.action.null[1])).detach()
+    torch.testing.assert_close(out.action[1], both_null.expand(T, -1))
     assert not out.mask[1, :, 1 + V:].any() and out.mask[1, :, : 1 + V].all()
     assert (out.tokens[1, :, 1 + V:] == 0).all()
-    # An absent scenario is a dropped one.
+    # An absent scenario is a dropped one; so is one the sample has no vector for (scenario_valid False).
+    invalid = enc(dict(cond, scenario_valid=torch.tensor([True, False, True])))
+    assert torch.equal(invalid.mask[:, :, static - 1], torch.tensor([[True] * T, [False] * T, [True] * T]))
+    assert (invalid.tokens[1, :, static - 1] == 0).all() and torch.equal(invalid.tokens[0], full.tokens[0])
     no_scen = enc(make_cond(scenario=False), keep={"scenario": torch.tensor([False, True, False])})
     assert not no_scen.mask[..., static - 1].any() and torch.equal(no_scen.tokens[0], enc(
         make_cond(), keep={"scenario": torch.tensor([False, False, False])}).tokens[0])
@@ -283,7 +347,9 @@ def test_bad_inputs_raise_naming_the_problem():
     with pytest.raises(ValueError, match="missing \\['clip'\\]"):
         enc({k: v for k, v in cond.items() if k != "clip"})
     with pytest.raises(ValueError, match="unknown keep variable"):
-        enc(cond, keep={"weather": torch.ones(B, dtype=torch.bool)})
+        enc(cond, keep={"wether": torch.ones(B, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="scenario_valid"):
+        enc(dict(cond, scenario_valid=torch.ones(B)))
     with pytest.raises(ValueError, match="agents_valid"):
         enc(dict(cond, agents_valid=cond["agents_valid"][:, :, :, :2]))
     with pytest.raises(ValueError, match="metadata"):

@@ -142,7 +142,7 @@ def test_task_frequencies_context_lengths_and_masks():
 
 def test_inpainting_generates_one_rectangle_per_camera_constant_in_time():
     B, T, N, H, W = 2_000, 3, 3, 4, 8
-    batch = TaskSampler(0.0, 0.0, 1.0).sample(B, T, N, H, W, gen(5))
+    batch = TaskSampler(0.0, 0.0, 1.0, p_moving=0.0).sample(B, T, N, H, W, gen(5))
     assert bool((batch.task == INPAINT).all())
     gen_region = ~batch.clean_mask
     assert torch.equal(gen_region, gen_region[:, :1].expand_as(gen_region))   # the same at every time step
@@ -158,6 +158,35 @@ def test_inpainting_generates_one_rectangle_per_camera_constant_in_time():
     assert set(widths.flatten().tolist()) == set(range(1, W + 1))
     assert heights.float().mean().item() == pytest.approx((H + 1) / 2, abs=0.1)
     assert not torch.equal(box[:, 0], box[:, 1])                               # drawn per camera
+
+
+def test_inpainting_masks_drift_over_time_like_moving_agents():
+    B, T, N, H, W = 4_000, 6, 2, 4, 8
+    batch = TaskSampler(0.0, 0.0, 1.0, p_moving=0.5).sample(B, T, N, H, W, gen(11))
+    box = ~batch.clean_mask                                                    # (B, T, N, H, W) generated
+    rows, cols = box.any(-1), box.any(-2)                                      # (B, T, N, H), (B, T, N, W)
+    assert bool(rows.any(-1).all())                                            # never empty at any step
+    assert torch.equal(box, rows[..., :, None] & cols[..., None, :])           # a rectangle at every step
+    # same size at every step: the box moves, it does not grow
+    assert torch.equal(rows.sum(-1), rows[:, :1].sum(-1).expand(-1, T, -1))
+    assert torch.equal(cols.sum(-1), cols[:, :1].sum(-1).expand(-1, T, -1))
+    top = rows.long().argmax(-1).double()                                      # (B, T, N) first generated row
+    left = cols.long().argmax(-1).double()
+    moved = (top[:, -1] != top[:, 0]) | (left[:, -1] != left[:, 0])           # (B, N)
+    still = (box == box[:, :1]).flatten(2).all(-1).all(-1)                    # (B,) all cameras constant
+    # half the masks drift; a drifting box whose start and end cells coincide (or a full-grid one) stays,
+    # so slightly fewer than half change place
+    assert 0.35 < moved.double().mean().item() < 0.5
+    assert bool(still.any())
+    # linear drift, rounded to the grid: steps between the ends move monotonically, at most one
+    # rounding cell away from the straight line from the start to the end
+    frac = torch.linspace(0, 1, T, dtype=torch.float64)[None, :, None]
+    line = top[:, :1] + frac * (top[:, -1:] - top[:, :1])
+    assert bool(((top - line).abs() <= 0.5 + 1e-9).all())
+    line = left[:, :1] + frac * (left[:, -1:] - left[:, :1])
+    assert bool(((left - line).abs() <= 0.5 + 1e-9).all())
+    with pytest.raises(ValueError, match="p_moving"):
+        TaskSampler(0.0, 0.0, 1.0, p_moving=1.5)
 
 
 def test_task_sampler_is_deterministic_and_consumes_a_fixed_amount_of_randomness():

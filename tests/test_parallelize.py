@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gaia2.conditioning import VARIABLES
+
 from gaia2.config.base import ConfigError
 from jobs.parallelize import apply_activation_checkpointing, blocks_of
 from jobs.resources import fit_workers
@@ -64,7 +66,7 @@ def test_activation_checkpointing_of_the_world_model_gives_the_same_gradients():
         "dim": 32, "heads": 2, "depth": 2, "cameras": 2, "height": 2, "width": 3, "latent_steps": 3, "latent_dim": 8,
         "conditioning": {"max_cameras": 3, "max_agents": 3, "clip_dim": 8, "scenario_dim": 8}})
     inputs = example_inputs(cfg, batch=1, generator=torch.Generator().manual_seed(5))
-    keep = {k: torch.ones(1, dtype=torch.bool) for k in ("action", "agents", "metadata", "clip", "scenario")}
+    keep = {k: torch.ones(1, dtype=torch.bool) for k in VARIABLES}
 
     def build():
         torch.manual_seed(0)

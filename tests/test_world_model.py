@@ -88,7 +88,8 @@ def test_gradients_reach_every_trainable_parameter_after_a_step():
     cfg = small()
     model = _perturbed(WorldModel(cfg)).train()
     inputs = example_inputs(cfg, batch=2, generator=torch.Generator().manual_seed(4))
-    keep = {"action": torch.tensor([True, False])}   # the null action embedding is used by sample 1
+    # the null speed and curvature embeddings are used by samples 1 and 0
+    keep = {"speed": torch.tensor([True, False]), "curvature": torch.tensor([False, True])}
     model(**inputs, keep=keep).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or
                                                                                not torch.any(p.grad != 0))]

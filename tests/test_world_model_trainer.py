@@ -19,7 +19,8 @@ def _cfg(**extra):
     from gaia2.config.base import deep_merge
 
     return train_config("tiny", overrides=deep_merge({"model": MODEL, "schedule": {"steps": 20},
-                                                      "optim": {"warmup_steps": 2}}, extra))
+                                                      "optim": {"warmup_steps": 2},
+                                                      "flow": {"latent_mean": 0.0, "latent_std": 0.32}}, extra))
 
 
 def _batch(cfg, seed=0, b=2):
@@ -97,3 +98,38 @@ def test_timestamps_are_relative_to_the_last_context_step():
     ts = torch.tensor([[0.0, 0.4, 0.8], [0.0, 0.4, 0.8]])
     rel = present_relative(ts, torch.tensor([0, 2]))
     torch.testing.assert_close(rel, torch.tensor([[0.0, 0.4, 0.8], [-0.4, 0.0, 0.4]]))
+
+
+def test_per_camera_timestamps_keep_their_offsets_around_the_present():
+    grid = torch.tensor([[0.0, 0.4, 0.8]]).repeat(2, 1)                       # (B, T)
+    offsets = torch.tensor([[0.0, 0.02], [0.01, 0.03]])                        # (B, N) trigger offsets
+    ts = grid[:, :, None] + offsets[:, None, :]                                # (B, T, N)
+    rel = present_relative(ts, torch.tensor([0, 2]))
+    # the present is the last context step's time averaged over the cameras; each camera keeps its offset
+    want = grid - grid.gather(1, torch.tensor([[0], [1]]))       # two context steps: step 1 is the present
+    want = want[:, :, None] + (offsets - offsets.mean(1, keepdim=True))[:, None, :]
+    torch.testing.assert_close(rel, want)
+
+
+def test_per_channel_latent_statistics_normalise_each_channel():
+    cfg = _cfg()
+    mean = [0.5 * c for c in range(cfg.model.latent_dim)]
+    std = [1.0 + c for c in range(cfg.model.latent_dim)]
+    trainer = WorldModelTrainer(_cfg(flow={"latent_mean": mean, "latent_std": std}))
+    batch = _batch(cfg, b=2)
+    latents = torch.tensor(mean).view(1, 1, 1, -1, 1, 1) + torch.tensor(std).view(1, 1, 1, -1, 1, 1) * torch.randn(
+        batch["latents"].shape, generator=torch.Generator().manual_seed(0))
+    batch["latents"] = latents
+    rng = torch.Generator().manual_seed(1)
+    _, _, _, _, target, mask = trainer._objective(trainer.model.eval(), batch, rng, dropout=False)
+    # target = x_normalised - eps: recover x_normalised from the same noise draw
+    rng = torch.Generator().manual_seed(1)
+    eps = torch.randn(latents.shape, generator=rng)
+    x = target + eps
+    torch.testing.assert_close(x, (latents - torch.tensor(mean).view(1, 1, 1, -1, 1, 1))
+                               / torch.tensor(std).view(1, 1, 1, -1, 1, 1))
+    with pytest.raises(ValueError, match="latent_mean"):
+        WorldModelTrainer(_cfg(flow={"latent_mean": None, "latent_std": None}))
+    from gaia2.config.base import ConfigError
+    with pytest.raises(ConfigError, match="flow.latent_mean: 3 channels"):
+        _cfg(flow={"latent_mean": [0.0] * 3, "latent_std": [1.0] * 3})

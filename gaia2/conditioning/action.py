@@ -39,30 +39,42 @@ def normalise_action(action: Tensor) -> Tensor:
     return torch.stack([speed, curvature], dim=-1)
 
 
-class ActionEncoder(nn.Module):
-    """action (B, T, 2) raw speed / curvature, keep (B,) bool or None -> (B, T, C).
+COMPONENTS = ("speed", "curvature")
 
-    symlog each component, then Linear(2, C) -> SiLU -> Linear(C, C). Where ``keep`` is False the
-    whole sample's action is the learned ``null`` embedding (B, T, C broadcast), exactly.
-    Init: linears Xavier-uniform with zero bias; ``null`` N(0, 0.02^2).
+
+class ActionEncoder(nn.Module):
+    """action (B, T, 2) raw speed / curvature, keep (B, 2) bool or None -> (B, T, C).
+
+    Each component is symlog-normalised and embedded on its own (a Linear(1, C) each); the two embeddings
+    are summed, then SiLU -> Linear(C, C) (with both known this is the MLP Linear(2, C) -> SiLU ->
+    Linear(C, C)). A component that is dropped (``keep[:, i]`` False: conditioning dropout, per sample)
+    or unknown (NaN: at inference, per step) takes its own learned ``null`` embedding instead, so speed
+    can be given without curvature and the other way round (paper Fig. 9 drops speed and keeps curvature),
+    and "unknown" at inference is exactly "dropped" in training.
+    Init: linears Xavier-uniform with zero bias; ``null`` rows N(0, 0.02^2).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"ActionEncoder: dim must be >= 1, got {dim}")
-        self.fc1 = nn.Linear(2, dim)
+        self.speed_in = nn.Linear(1, dim)
+        self.curvature_in = nn.Linear(1, dim)
         self.fc2 = nn.Linear(dim, dim)
-        self.null = nn.Parameter(torch.empty(dim))
+        self.null = nn.Parameter(torch.empty(len(COMPONENTS), dim))   # row 0 speed, row 1 curvature
         init_weights(self)
         nn.init.normal_(self.null, std=EMBED_STD)
 
     def forward(self, action: Tensor, keep: Tensor | None = None) -> Tensor:
         if action.ndim != 3 or action.shape[-1] != 2:
             raise ValueError(f"ActionEncoder: action must be (B, T, 2), got {tuple(action.shape)}")
-        emb = self.fc2(F.silu(self.fc1(normalise_action(action.float()))))   # (B, T, C)
-        if keep is None:
-            return emb
-        if keep.shape != action.shape[:1]:
-            raise ValueError(f"ActionEncoder: keep must be (B,) = {tuple(action.shape[:1])}, got {tuple(keep.shape)}")
-        return torch.where(keep[:, None, None], emb, self.null.to(emb.dtype))
+        missing = torch.isnan(action)                                             # (B, T, 2)
+        if keep is not None:
+            if keep.shape != (action.shape[0], 2) or keep.dtype != torch.bool:
+                raise ValueError(f"ActionEncoder: keep must be ({action.shape[0]}, 2) bool (speed, curvature), "
+                                 f"got {tuple(keep.shape)} {keep.dtype}")
+            missing = missing | ~keep[:, None, :]
+        x = normalise_action(action.float().nan_to_num(0.0))                     # a NaN must reach no product
+        parts = [self.speed_in(x[..., :1]), self.curvature_in(x[..., 1:])]      # 2 x (B, T, C)
+        emb = sum(torch.where(missing[..., i, None], self.null[i].to(p.dtype), p) for i, p in enumerate(parts))
+        return self.fc2(F.silu(emb))

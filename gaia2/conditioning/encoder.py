@@ -4,15 +4,18 @@ Token layout along K (the same for every sample of a batch; N = the batch's came
 V = the metadata variables):
 
     0            the learned always-on null token (a fully dropped sample still attends to something)
-    1 .. V       metadata, one token per variable (always attended; dropped = every id 0 = unknown)
+    1 .. V       metadata, one token per variable (always attended; dropped or unknown = id 0)
     V+1 .. V+N   CLIP embedding of each camera
-    V+N+1        scenario embedding (masked when dropped or when the batch has no "scenario")
+    V+N+1        scenario embedding (masked when dropped, absent from the batch, or invalid for the sample)
     V+N+2 ..     agents, camera-major: N * A tokens, different at every step
 
 The first V+N+2 tokens do not depend on time and are broadcast over T. Masked tokens are exactly
-zero. Variables for conditioning dropout: ``VARIABLES``; a keep mask is {name: (B,) bool}, True =
-conditioned on. Dropped = tokens masked out (agents, CLIP, scenario), ids set to 0 (metadata), the
-learned null action (action).
+zero. Variables for conditioning dropout (``VARIABLES``), each dropped on its own (paper §4): speed,
+curvature, each metadata variable by its vocabulary name, agents, CLIP, scenario. A keep mask is
+{name: (B,) bool}, True = conditioned on. Dropped = the component's learned null embedding (speed,
+curvature), id 0 = unknown (a metadata variable), tokens masked out (agents, CLIP, scenario): the same
+values an inference request produces by leaving the variable out (NaN speed / curvature, metadata
+unknown, no agents, no CLIP, no scenario).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from gaia2.conditioning.action import ActionEncoder
+from gaia2.conditioning.action import COMPONENTS, ActionEncoder
 from gaia2.conditioning.agents import AgentEncoder
 from gaia2.conditioning.dropout import ConditioningDropout, camera_dropout
 from gaia2.conditioning.embeddings import EMBED_STD, ClipProjection, ScenarioProjection
@@ -31,9 +34,9 @@ from gaia2.conditioning.metadata import MetadataEncoder
 from gaia2.conditioning.config import ConditioningConfig
 from gaia2.schema.metadata import METADATA_KEYS
 
-VARIABLES: tuple[str, ...] = ("action", "agents", "metadata", "clip", "scenario")
+VARIABLES: tuple[str, ...] = (*COMPONENTS, *METADATA_KEYS, "agents", "clip", "scenario")
 REQUIRED_KEYS: tuple[str, ...] = ("action", "agents", "agents_valid", "metadata", "clip")
-OPTIONAL_KEYS: tuple[str, ...] = ("scenario", "camera_valid")
+OPTIONAL_KEYS: tuple[str, ...] = ("scenario", "scenario_valid", "camera_valid")
 
 
 @dataclass
@@ -48,7 +51,8 @@ class ConditioningEncoder(nn.Module):
 
     cond keys: "action" (B, T, 2) float raw speed m/s, curvature 1/m; "agents" (B, T, N, A, 13)
     float (NaN = missing feature); "agents_valid" (B, T, N, A) bool; "metadata" (B, V) long;
-    "clip" (B, N, D_clip) float; optional "scenario" (B, D_scenario) float (absent = dropped) and
+    "clip" (B, N, D_clip) float; optional "scenario" (B, D_scenario) float (absent = dropped),
+    "scenario_valid" (B,) bool (which samples have a scenario vector; absent = all that give one) and
     "camera_valid" (B, N) bool (padding cameras of smaller rigs: their CLIP and agent tokens are
     masked; absent = all valid).
 
@@ -132,9 +136,9 @@ class ConditioningEncoder(nn.Module):
             raise ValueError(f"ConditioningEncoder: camera_valid must be ({b}, {n}) bool, "
                              f"got {tuple(camera_valid.shape)} {camera_valid.dtype}")
 
-        action_emb = self.action(action, keep["action"])                                     # (B, T, C)
+        action_emb = self.action(action, torch.stack([keep[c] for c in COMPONENTS], 1))      # (B, T, C)
         agent_tok, agent_mask = self.agents(agents, cond["agents_valid"], keep["agents"], camera_valid, generator)
-        meta = self.metadata(cond["metadata"], keep["metadata"])                             # (B, V, C)
+        meta = self.metadata(cond["metadata"], torch.stack([keep[k] for k in METADATA_KEYS], 1))   # (B, V, C)
         clip_tok = self.clip(clip)                                                           # (B, N, C)
         clip_mask = keep["clip"][:, None].expand(b, n)
         if camera_valid is not None:
@@ -142,6 +146,12 @@ class ConditioningEncoder(nn.Module):
         if "scenario" in cond:
             scen = self.scenario(cond["scenario"])                                           # (B, 1, C)
             scen_mask = keep["scenario"][:, None]
+            valid = cond.get("scenario_valid")
+            if valid is not None:
+                if valid.shape != (b,) or valid.dtype != torch.bool:
+                    raise ValueError(f"ConditioningEncoder: scenario_valid must be ({b},) bool, "
+                                     f"got {tuple(valid.shape)} {valid.dtype}")
+                scen_mask = scen_mask & valid[:, None]
         else:
             scen = torch.zeros(b, 1, self.dim, dtype=clip_tok.dtype, device=device)
             scen_mask = torch.zeros(b, 1, dtype=torch.bool, device=device)

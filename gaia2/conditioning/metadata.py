@@ -1,8 +1,9 @@
 """Scene metadata -> one cross-attention token per vocabulary variable (paper section 2.2.3).
 
 Each variable of ``gaia2.schema.metadata.VOCABULARY`` has its own embedding table; id 0 is
-``unknown``, the value of a missing label and of a dropped one (conditioning dropout sets every id
-of a dropped sample to 0, so "unknown" is learned from both).
+``unknown``, the value of a missing label and of a dropped one (conditioning dropout drops each
+variable on its own and sets its id to 0, so "unknown" is learned from both, and a request that gives
+only some variables is one the model has been trained on).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from gaia2.schema.metadata import METADATA_KEYS, vocabulary_sizes
 
 
 class MetadataEncoder(nn.Module):
-    """ids (B, V) long in VOCABULARY order (0 = unknown), keep (B,) bool or None -> (B, V, C).
+    """ids (B, V) long in VOCABULARY order (0 = unknown), keep (B, V) bool or None -> (B, V, C).
 
     Ids must lie in 0..size-1 of their variable (the vocabulary checks them at ingest; an id out of
-    range fails in the embedding lookup). A sample with keep False encodes as all ids 0.
+    range fails in the embedding lookup). A variable with keep False encodes as id 0.
     Init: N(0, 0.02^2) rows.
     """
 
@@ -40,7 +41,8 @@ class MetadataEncoder(nn.Module):
             raise ValueError(f"MetadataEncoder: metadata ids must be integers, got {ids.dtype}")
         ids = ids.long()
         if keep is not None:
-            if keep.shape != ids.shape[:1]:
-                raise ValueError(f"MetadataEncoder: keep must be (B,) = {tuple(ids.shape[:1])}, got {tuple(keep.shape)}")
-            ids = torch.where(keep[:, None], ids, torch.zeros_like(ids))
+            if keep.shape != ids.shape or keep.dtype != torch.bool:
+                raise ValueError(f"MetadataEncoder: keep must be (B, V) = {tuple(ids.shape)} bool, "
+                                 f"got {tuple(keep.shape)} {keep.dtype}")
+            ids = torch.where(keep, ids, torch.zeros_like(ids))
         return torch.stack([self.tables[name](ids[:, i]) for i, name in enumerate(self.names)], dim=1)

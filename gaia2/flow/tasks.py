@@ -7,10 +7,12 @@ clean (not noised, not in the loss), False = it is generated.
   scratch  all False.
   context  the first t latent time steps True (every camera, every position), t uniform in {1, ..., T-1}.
   inpaint  per camera, an axis-aligned rectangle of the H x W grid (height uniform in {1..H}, width uniform
-           in {1..W}, position uniform among those that fit) is generated; everything outside it is clean.
-           The rectangle is the same at every time step (a spatial hole through the whole clip) and drawn
-           independently per camera. Generating the box inside clean surroundings is the inference use
-           (paper §5: "the masked regions are regenerated"); a full-grid box reduces to scratch for that camera.
+           in {1..W}) is generated; everything outside it is clean. With probability ``p_moving`` (per sample
+           and camera) the rectangle drifts: its position moves linearly, rounded to the grid, from a start
+           to an end position (each uniform among those that fit) across the T latent steps, as the mask of
+           a moving agent does at inference; otherwise it is the same at every step (a spatial hole through
+           the whole clip). Generating the box inside clean surroundings is the inference use (paper §5:
+           "the masked regions are regenerated"); a full-grid box reduces to scratch for that camera.
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ class TaskSampler:
     continues exactly.
     """
 
-    def __init__(self, p_scratch: float, p_context: float, p_inpaint: float) -> None:
+    def __init__(self, p_scratch: float, p_context: float, p_inpaint: float, p_moving: float = 0.5) -> None:
         probs = (p_scratch, p_context, p_inpaint)
         if any(not p >= 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"TaskSampler: p_scratch, p_context, p_inpaint must be >= 0 and sum to 1 (got {probs})")
+        if not 0.0 <= p_moving <= 1.0:
+            raise ValueError(f"TaskSampler: p_moving must be in [0, 1] (got {p_moving})")
         self.probs = tuple(float(p) for p in probs)
+        self.p_moving = float(p_moving)
 
     def sample(self, batch_size: int, T: int, N: int, H: int, W: int,
                generator: torch.Generator | None = None) -> TaskBatch:
@@ -65,7 +70,7 @@ class TaskSampler:
         device = generator.device if generator is not None else torch.device("cpu")
         u_task = torch.rand(B, generator=generator, device=device, dtype=torch.float64)
         u_ctx = torch.rand(B, generator=generator, device=device, dtype=torch.float64)
-        u_box = torch.rand(B, N, 4, generator=generator, device=device, dtype=torch.float64)
+        u_box = torch.rand(B, N, 7, generator=generator, device=device, dtype=torch.float64)
 
         cdf = torch.tensor(self.probs, dtype=torch.float64, device=device).cumsum(0)
         task = torch.searchsorted(cdf, u_task, right=True).clamp_max(INPAINT)
@@ -76,19 +81,25 @@ class TaskSampler:
         steps = torch.arange(T, device=device)
         context_mask = steps[None, :] < context_len[:, None]                                    # (B, T)
 
-        # inpaint: a generated rectangle per camera, the same through time
+        # inpaint: a generated rectangle per camera, fixed or drifting from a start to an end position
         h = 1 + (u_box[..., 0] * H).floor().long()                                              # (B, N) in 1..H
         w = 1 + (u_box[..., 1] * W).floor().long()
-        top = (u_box[..., 2] * (H - h + 1)).floor().long()                                      # 0..H-h
-        left = (u_box[..., 3] * (W - w + 1)).floor().long()
-        rows = torch.arange(H, device=device)[None, None, :]
-        cols = torch.arange(W, device=device)[None, None, :]
-        in_rows = (rows >= top[..., None]) & (rows < (top + h)[..., None])                      # (B, N, H)
-        in_cols = (cols >= left[..., None]) & (cols < (left + w)[..., None])                    # (B, N, W)
-        box = in_rows[..., :, None] & in_cols[..., None, :]                                     # (B, N, H, W)
-        inpaint_clean = ~box & (task == INPAINT)[:, None, None, None]
+        top0 = (u_box[..., 2] * (H - h + 1)).floor().long()                                     # (B, N) 0..H-h
+        left0 = (u_box[..., 3] * (W - w + 1)).floor().long()
+        moving = u_box[..., 6] < self.p_moving                                                  # (B, N)
+        top1 = torch.where(moving, (u_box[..., 4] * (H - h + 1)).floor().long(), top0)
+        left1 = torch.where(moving, (u_box[..., 5] * (W - w + 1)).floor().long(), left0)
+        frac = (steps.double() / max(T - 1, 1))[None, :, None]                                  # (1, T, 1)
+        top = (top0[:, None] + frac * (top1 - top0)[:, None]).round().long()                    # (B, T, N)
+        left = (left0[:, None] + frac * (left1 - left0)[:, None]).round().long()
+        rows = torch.arange(H, device=device)
+        cols = torch.arange(W, device=device)
+        in_rows = (rows >= top[..., None]) & (rows < (top + h[:, None])[..., None])            # (B, T, N, H)
+        in_cols = (cols >= left[..., None]) & (cols < (left + w[:, None])[..., None])          # (B, T, N, W)
+        box = in_rows[..., :, None] & in_cols[..., None, :]                                     # (B, T, N, H, W)
+        inpaint_clean = ~box & (task == INPAINT)[:, None, None, None, None]
 
-        clean_mask = context_mask[:, :, None, None, None] | inpaint_clean[:, None]              # (B, T, N, H, W)
+        clean_mask = context_mask[:, :, None, None, None] | inpaint_clean                       # (B, T, N, H, W)
         return TaskBatch(task=task, clean_mask=clean_mask, context_len=context_len)
 
 

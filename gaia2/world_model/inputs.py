@@ -52,7 +52,8 @@ def example_inputs(cfg: WorldModelConfig, batch: int = 1, device: str | torch.de
         "x": randn(b, t, n, cfg.latent_dim, cfg.height, cfg.width),
         "tau": rand(b, t),
         "cond": cond,
-        "timestamps": (torch.arange(t, device=device, dtype=torch.float32) * 0.4 - 0.4 * (t - 1)).expand(b, t)
-        if not meta else torch.empty(b, t, device=device),
+        # per camera: the grid time plus a trigger offset of up to 20 ms (the cameras are not synchronous)
+        "timestamps": ((torch.arange(t, device=device, dtype=torch.float32) * 0.4 - 0.4 * (t - 1))[None, :, None]
+                       + 0.02 * rand(b, 1, n)) if not meta else torch.empty(b, t, n, device=device),
         "camera": {"intrinsics": rand(b, n, 4), "extrinsics": extrinsics, "distortion": randn(b, n, 5) * 0.01},
     }

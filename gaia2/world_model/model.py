@@ -4,8 +4,8 @@
 
 x (B, T, N, L, H, W) normalised latents (context steps clean, the rest interpolated with noise); tau
 (B, T) flow time per latent step (1 = data: context steps carry 1); the conditioning dict of
-``gaia2.conditioning`` (action, agents, metadata, CLIP, scenario); timestamps (B, T) in seconds relative
-to the present; camera geometry per camera. Output: the predicted velocity, shaped like x.
+``gaia2.conditioning`` (action, agents, metadata, CLIP, scenario); timestamps (B, T, N) in seconds relative
+to the present, per camera (or (B, T), shared by every camera); camera geometry per camera. Output: the predicted velocity, shaped like x.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class WorldModel(nn.Module):
                 camera: dict[str, Tensor], keep: dict[str, Tensor] | None = None,
                 camera_mask: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """x (B, T, N, L, H, W); tau (B, T); cond: the conditioning dict of ``gaia2.conditioning`` (action,
-        agents, agents_valid, metadata, clip, optional scenario); timestamps (B, T) seconds relative to the present;
+        agents, agents_valid, metadata, clip, optional scenario / scenario_valid / camera_valid); timestamps (B, T, N)
+        seconds relative to the present per camera, or (B, T) shared by all cameras;
         camera: intrinsics (B, N, 4), extrinsics (B, N, 4, 4), distortion (B, N, 5); keep: per-variable
         keep masks (training dropout / classifier-free guidance; None = keep all); camera_mask (B, N) bool
         (False = a dropped camera view: its latents are zeroed and no other token attends to it)
@@ -82,9 +83,11 @@ class WorldModel(nn.Module):
         if x.ndim != 6 or x.shape[3] != cfg.latent_dim:
             raise ValueError(f"WorldModel: x must be (B, T, N, {cfg.latent_dim}, H, W), got {tuple(x.shape)}")
         b, t, n, _, hh, ww = x.shape
-        if tau.shape != (b, t) or timestamps.shape != (b, t):
-            raise ValueError(f"WorldModel: tau {tuple(tau.shape)} and timestamps {tuple(timestamps.shape)} "
-                             f"must be (B, T) = {(b, t)}")
+        if tau.shape != (b, t):
+            raise ValueError(f"WorldModel: tau must be (B, T) = {(b, t)}, got {tuple(tau.shape)}")
+        if timestamps.shape not in ((b, t), (b, t, n)):
+            raise ValueError(f"WorldModel: timestamps must be (B, T, N) = {(b, t, n)} (per camera) or (B, T) = "
+                             f"{(b, t)}, got {tuple(timestamps.shape)}")
         if camera_mask is not None:
             x = x * camera_mask[:, None, :, None, None, None].to(x.dtype)
         h = self.latent_in(x.permute(0, 1, 2, 4, 5, 3))                     # (B, T, N, H, W, C)

@@ -2,8 +2,9 @@
 
 - spatial token position: fixed 2-D sinusoids over the latent grid (row in the first C/2 channels,
   column in the last C/2), the same for every camera and time step;
-- timestamp: seconds relative to the present, scaled so that ``time_horizon_s`` maps to 1 and clamped to
-  [-1, 1], then Fourier features (sin / cos of pi 2^k t) and an MLP;
+- timestamp: seconds relative to the present, per latent step and camera (a rig's cameras are not
+  synchronous), scaled so that ``time_horizon_s`` maps to 1 and clamped to [-1, 1], then Fourier features
+  (sin / cos of pi 2^k t) and an MLP;
 - camera geometry: intrinsics (fx, fy, cx, cy divided by the image width / height), extrinsics (the
   top 3 rows of the 4x4 camera-to-ego matrix, translation in metres) and distortion (OpenCV k1 k2 p1 p2 k3),
   each through its own learned linear layer, summed.
@@ -34,7 +35,7 @@ def fourier_features(t: Tensor, frequencies: int) -> Tensor:
 
 
 class TimestampEncoding(nn.Module):
-    """Timestamps (B, T) in seconds relative to the present -> (B, T, C)."""
+    """Timestamps (B, T, ...) in seconds relative to the present -> (B, T, ..., C)."""
 
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
@@ -74,7 +75,10 @@ class PositionalEncoding(nn.Module):
         self.camera = CameraEncoding(cfg.dim)
 
     def forward(self, seconds: Tensor, camera: dict[str, Tensor], height: int, width: int) -> Tensor:
-        time = self.timestamp(seconds)                                               # (B, T, C)
+        """seconds (B, T, N) per camera, or (B, T) shared by every camera."""
+        time = self.timestamp(seconds)                                               # (B, T, N, C) or (B, T, C)
+        if time.ndim == 3:
+            time = time[:, :, None]
         cam = self.camera(camera["intrinsics"], camera["extrinsics"], camera["distortion"])   # (B, N, C)
         space = sincos_2d(height, width, self.cfg.dim, time.device).to(time.dtype)          # (H, W, C)
-        return time[:, :, None, None, None] + cam[:, None, :, None, None] + space
+        return time[:, :, :, None, None] + cam[:, None, :, None, None] + space

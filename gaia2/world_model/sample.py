@@ -1,9 +1,11 @@
 """A latent-shard sample -> the world model's inputs, per latent time step (numpy, no batch axis).
 
 Each latent covers ``temporal_factor`` (8) consecutive frames of the window, so per-frame signals are
-brought to the latent rate: timestamps and the ego action (speed, curvature) are averaged over the
-latent's frames; agent boxes are those of its middle frame (index 4 of 8); CLIP embeddings, metadata
-and calibrations are per sample. The first ``cameras`` cameras of the sample's rig (in its json order)
+brought to the latent rate: each camera's own frame timestamps (the cameras of a rig are not
+synchronous, and rigs differ in rate: paper §2.2.3 "Video Frequency") and the ego action (speed,
+curvature) are averaged over the latent's frames; agent boxes are those of its middle frame (index 4 of
+8); CLIP embeddings, metadata and calibrations are per sample. Samples written before the shards kept
+per-camera frame times (no ``frame_timestamps`` in a camera's json) use the window's grid times for it. The first ``cameras`` cameras of the sample's rig (in its json order)
 are used; boxes are padded or cut to ``max_agents`` slots.
 """
 
@@ -30,7 +32,8 @@ def world_model_sample(meta: dict, latents: np.ndarray, boxes: np.ndarray, boxes
                        clip: np.ndarray, cameras: int, max_agents: int) -> dict[str, np.ndarray]:
     """One sample's json (``meta``) and arrays -> {field: array} with the shapes
 
-    latents (T, N, L, H, W) float32; timestamps (T,) s from the window's first frame; action (T, 2) m/s, 1/m;
+    latents (T, N, L, H, W) float32; timestamps (T, N) s from the window's first grid time, per camera;
+    action (T, 2) m/s, 1/m;
     agents (T, N, A, 13) float32; agents_valid (T, N, A) bool; metadata (V,) int64; clip (N, D) float32;
     intrinsics (N, 4) = fx/W, fy/H, cx/W, cy/H; extrinsics (N, 4, 4); distortion (N, 5).
     """
@@ -57,9 +60,17 @@ def world_model_sample(meta: dict, latents: np.ndarray, boxes: np.ndarray, boxes
     intrinsics = np.array([[c["intrinsics"][0] / c["width"], c["intrinsics"][1] / c["height"],
                             c["intrinsics"][2] / c["width"], c["intrinsics"][3] / c["height"]] for c in cams],
                           np.float32)
+    grid = np.asarray(meta["timestamps"], np.float64)
+    times = []
+    for c in cams:
+        t = np.asarray(c.get("frame_timestamps", grid), np.float64)
+        if t.shape != grid.shape:
+            raise SampleError(f"sample {key!r}: camera {c.get('name', '?')!r} has {len(t)} frame timestamps for "
+                              f"{frames} frames")
+        times.append(t)
     return {
         "latents": np.ascontiguousarray(latents[:, :cameras], dtype=np.float32),
-        "timestamps": _per_latent(np.asarray(meta["timestamps"], np.float64), steps).astype(np.float32),
+        "timestamps": _per_latent(np.stack(times, axis=1), steps).astype(np.float32),
         "action": _per_latent(action, steps).astype(np.float32),
         "agents": agents,
         "agents_valid": valid,

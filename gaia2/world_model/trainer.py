@@ -23,15 +23,19 @@ from gaia2.world_model.train_config import WorldModelTrainConfig
 
 Parallelize = Callable[[nn.Module], nn.Module]
 TAU_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
-COND_KEYS = ("action", "agents", "agents_valid", "metadata", "clip", "scenario")
+COND_KEYS = ("action", "agents", "agents_valid", "metadata", "clip", "scenario", "scenario_valid")
 CAMERA_KEYS = ("intrinsics", "extrinsics", "distortion")
 
 
 def present_relative(timestamps: Tensor, context_len: Tensor) -> Tensor:
-    """Timestamps (B, T) in seconds -> relative to the present: the last context step (step 0 when a sample
-    has no context)."""
+    """Timestamps (B, T) or per camera (B, T, N) in seconds -> relative to the present: the last context
+    step (step 0 when a sample has no context), its time averaged over the cameras, so that the cameras'
+    offsets from one another are kept."""
     idx = (context_len - 1).clamp(min=0).to(timestamps.device)
-    return timestamps - timestamps.gather(1, idx[:, None])
+    present = timestamps[torch.arange(len(idx), device=timestamps.device), idx]       # (B,) or (B, N)
+    if present.ndim == 2:
+        present = present.mean(dim=1)
+    return timestamps - present.reshape(-1, *([1] * (timestamps.ndim - 1)))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -58,7 +62,10 @@ class WorldModelTrainer:
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
         f = cfg.flow
         self.tau_sampler = TauSampler(f.tau_weights, f.tau_means, f.tau_stds)
-        self.task_sampler = TaskSampler(f.p_scratch, f.p_context, f.p_inpaint)
+        self.task_sampler = TaskSampler(f.p_scratch, f.p_context, f.p_inpaint, f.moving_inpaint)
+        if f.measured:
+            raise ValueError("flow.latent_mean / flow.latent_std: not set; the training job takes them from the "
+                             "latent shards' latent_stats.json (give them explicitly to train without the job)")
         self.rng = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
         self.step = 0
 

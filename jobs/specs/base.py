@@ -58,6 +58,11 @@ class ModelSpec(ABC):
     def build_config(self, preset: str | None = None, path: str | None = None, overrides: dict | None = None) -> Any:
         """Preset -> YAML file -> overrides, validated (``ConfigError`` names the field)."""
 
+    def resolve(self, cfg: Any) -> Any:
+        """The config with what the data determines filled in (e.g. measured latent statistics), checked
+        against what the config states; runs first, before Ray or MLflow start."""
+        return cfg
+
     def preflight(self, cfg: Any) -> dict:
         """Checks before Ray starts (data present and fitting the model, pretrained files) -> params to log."""
         return {}

@@ -32,12 +32,46 @@ class WorldModelSpec(ModelSpec):
 
         return train_config(preset=preset, path=path, overrides=overrides)
 
+    def resolve(self, cfg):
+        """The latent statistics, measured on the tokenizer's latents (the shards' ``latent_stats.json``): filled
+        in where the config leaves them null, and explicit values that differ from them refused."""
+        from gaia2.flow.stats import STATS_FILE, LatentStatsError, describe, read_stats, same_stats
+        from pipelines.world_model.train_data import PRODUCED_BY
+
+        self.require_shards(cfg, PRODUCED_BY)
+        f, shards = cfg.flow, cfg.data.shards
+        try:
+            stats = read_stats(shards)
+        except LatentStatsError as err:
+            raise ConfigError(f"data.shards: {err}") from None
+        if stats is None:
+            if f.measured:
+                raise ConfigError(
+                    f"data.shards: {shards!r} has no {STATS_FILE} (latent shards written before statistics were "
+                    f"measured): run `gaia2 latents stats {shards}`, or give flow.latent_mean and flow.latent_std")
+            return cfg
+        if stats.channels != cfg.model.latent_dim:
+            raise ConfigError(f"model.latent_dim: {cfg.model.latent_dim}, but {shards}/{STATS_FILE} measured "
+                              f"{stats.channels} latent channels")
+        if f.measured:
+            return cfg.model_copy(update={"flow": f.model_copy(update={"latent_mean": stats.mean,
+                                                                       "latent_std": stats.std})})
+        if not same_stats(f.latent_mean, f.latent_std, stats):
+            raise ConfigError(
+                f"flow.latent_mean / flow.latent_std: the config's statistics ({describe(f.latent_mean, f.latent_std)})"
+                f" differ from the tokenizer's, measured on its latents in {shards}/{STATS_FILE} "
+                f"({describe(stats.mean, stats.std)}); a world model must use its tokenizer's statistics: set both "
+                f"to null to use the measured ones")
+        return cfg
+
     def preflight(self, cfg) -> dict:
-        """The latent shards exist, their samples fit the model's shapes, the batch fits the split."""
+        """The latent shards exist, their samples fit the model's shapes, the batch fits the split, the scenario
+        table (if any) fits the model and covers training samples."""
         from pipelines.world_model.train_data import MEMBERS, PRODUCED_BY, DataError, first_sample, split_counts, \
             split_files
 
         self.require_shards(cfg, PRODUCED_BY)
+        params = {}
         m, c = cfg.model, cfg.model.conditioning
         try:
             for split in ("train", "val"):
@@ -54,21 +88,42 @@ class WorldModelSpec(ModelSpec):
                     raise ConfigError(f"model.conditioning.clip_dim: {c.clip_dim}, the shards' CLIP embeddings "
                                       f"have {sample['clip.npy'].shape[-1]}")
             counts = split_counts(cfg.data.shards, PRODUCED_BY)
+            if cfg.data.scenario:
+                params.update(self._check_scenario(cfg))
         except DataError as err:
             raise ConfigError(str(err)) from None
         if counts["train"] < cfg.data.batch_size * cfg.workers.num_workers:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} x {cfg.workers.num_workers} workers is more "
                               f"than the {counts['train']} training samples")
-        return {f"{k}_samples": v for k, v in counts.items()}
+        return {**params, **{f"{k}_samples": v for k, v in counts.items()}}
+
+    @staticmethod
+    def _check_scenario(cfg) -> dict:
+        import os
+
+        import pyarrow.parquet as pq
+
+        from pipelines.world_model.scenario import check_table
+
+        manifest = pq.read_table(os.path.join(cfg.data.shards, "manifest.parquet"), columns=["key", "split"])
+        keys: dict[str, list[str]] = {"train": [], "val": []}
+        for key, split in zip(manifest.column("key").to_pylist(), manifest.column("split").to_pylist()):
+            keys.setdefault(split, []).append(key)
+        return check_table(cfg.data.scenario, cfg.model.conditioning.scenario_dim, keys)
 
     def datasets(self, cfg) -> dict:
+        import os
+
         from pipelines.world_model.train_data import PRODUCED_BY, sample_dataset, split_files
 
         d, m = cfg.data, cfg.model
 
+        scenario = os.path.abspath(d.scenario) if d.scenario else None
+
         def split(name: str):
             files = split_files(d.shards, name, PRODUCED_BY)
-            return sample_dataset(files, m.cameras, m.conditioning.max_agents, d.read_cpus, d.read_batch)
+            return sample_dataset(files, m.cameras, m.conditioning.max_agents, d.read_cpus, d.read_batch,
+                                  scenario, m.conditioning.scenario_dim)
 
         return {"train": split("train"), "val": split("val").limit(d.val_samples)}
 
@@ -78,7 +133,8 @@ class WorldModelSpec(ModelSpec):
         return WorldModel(cfg.model)
 
     def export_extra(self, cfg) -> dict:
-        # Latent statistics travel with the model: generation normalises and denormalises with them.
+        # Latent statistics travel with the model: generation normalises and denormalises with them, and
+        # refuses a tokenizer whose statistics differ.
         return {"latent_mean": cfg.flow.latent_mean, "latent_std": cfg.flow.latent_std}
 
     def summary(self, metrics: dict) -> list[str]:

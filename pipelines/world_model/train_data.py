@@ -3,7 +3,8 @@
 Each sample's json and arrays are turned into the world model's inputs at the latent rate by
 ``gaia2.world_model.sample.world_model_sample`` on Ray Data tasks; the training loop only batches them.
 With ``preserve_order`` (the job's DataConfig) and a seeded local shuffle, an epoch's batches are
-reproducible, which is what lets a resumed run replay its data position exactly.
+reproducible, which is what lets a resumed run replay its data position exactly. With ``data.scenario``
+(``pipelines/world_model/scenario.py``) each sample also gets its scenario vector and ``scenario_valid``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ray
 
 from gaia2.world_model.sample import FIELDS, SampleError, world_model_sample
 from pipelines.splits import DataError, first_sample, split_counts, split_files
+from pipelines.world_model import scenario as scenario_table
 
 __all__ = ["DataError", "MEMBERS", "PRODUCED_BY", "first_sample", "sample_dataset", "split_counts", "split_files",
            "to_samples"]
@@ -28,10 +30,12 @@ def _load(value: bytes) -> np.ndarray:
     return np.load(io.BytesIO(value))
 
 
-def to_samples(batch: dict[str, np.ndarray], cameras: int, max_agents: int) -> dict[str, np.ndarray]:
-    """WebDataset rows (raw member bytes) -> stacked world-model inputs (see ``world_model_sample``).
+def to_samples(batch: dict[str, np.ndarray], cameras: int, max_agents: int, scenario: str | None = None,
+               scenario_dim: int = 0) -> dict[str, np.ndarray]:
+    """WebDataset rows (raw member bytes) -> stacked world-model inputs (see ``world_model_sample``), plus
+    ``scenario`` (B, D) / ``scenario_valid`` (B,) from the table at ``scenario`` when one is given.
     A sample that does not fit (e.g. fewer cameras than the model takes) is an error naming it."""
-    rows = []
+    rows, keys = [], []
     for i in range(len(batch["json"])):
         meta = json.loads(batch["json"][i])
         try:
@@ -40,12 +44,17 @@ def to_samples(batch: dict[str, np.ndarray], cameras: int, max_agents: int) -> d
                                            cameras, max_agents))
         except SampleError as err:
             raise DataError(f"{batch['__url__'][i] if '__url__' in batch else '?'}: {err}") from None
-    return {k: np.stack([r[k] for r in rows]) for k in FIELDS}
+        keys.append(str(meta.get("key", batch["__key__"][i] if "__key__" in batch else "")))
+    out = {k: np.stack([r[k] for r in rows]) for k in FIELDS}
+    if scenario:
+        out["scenario"], out["scenario_valid"] = scenario_table.lookup(scenario, keys, scenario_dim)
+    return out
 
 
-def sample_dataset(files: list[str], cameras: int, max_agents: int, read_cpus: float,
-                   read_batch: int) -> ray.data.Dataset:
+def sample_dataset(files: list[str], cameras: int, max_agents: int, read_cpus: float, read_batch: int,
+                   scenario: str | None = None, scenario_dim: int = 0) -> ray.data.Dataset:
     """Rows of stacked world-model inputs from latent shard ``files`` (read and converted on Ray Data)."""
     ds = ray.data.read_webdataset(files, suffixes=lambda name: name in MEMBERS, decoder=None, num_cpus=read_cpus)
-    return ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents},
+    return ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents,
+                                                 "scenario": scenario, "scenario_dim": scenario_dim},
                           batch_size=read_batch, batch_format="numpy", num_cpus=read_cpus)
