@@ -14,10 +14,29 @@ from gaia2.world_model.train_config import train_config
 STEPS, CKPT = 6, 4
 
 
-def _cfg(shards, **extra):
+SCENARIO_DIM = 8
+
+
+@pytest.fixture(scope="module")
+def scenario_table(latent_shards, tmp_path_factory) -> str:
+    """Scenario vectors for two thirds of the latent shards' samples (the rest train as scenario-dropped)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(os.path.join(latent_shards, "manifest.parquet"), columns=["key"]).column("key").to_pylist()
+    kept = [k for i, k in enumerate(sorted(keys)) if i % 3]
+    vectors = np.random.default_rng(0).normal(size=(len(kept), SCENARIO_DIM)).astype(np.float32)
+    path = str(tmp_path_factory.mktemp("scenario") / "scenario.parquet")
+    pq.write_table(pa.table({"key": kept, "embedding": list(vectors)}), path)
+    return path
+
+
+def _cfg(shards, scenario=None, **extra):
     overrides = {
-        "model": {"latent_steps": 3, "dim": 32, "heads": 2, "depth": 1, "conditioning": {"max_agents": 4}},
-        "data": {"shards": shards, "batch_size": 2, "shuffle_buffer": 8, "val_samples": 4},
+        "model": {"latent_steps": 3, "dim": 32, "heads": 2, "depth": 1,
+                  "conditioning": {"max_agents": 4, "scenario_dim": SCENARIO_DIM}},
+        "data": {"shards": shards, "batch_size": 2, "shuffle_buffer": 8, "val_samples": 4, "scenario": scenario},
         "schedule": {"steps": STEPS, "log_every": 1, "val_every": 100, "checkpoint_every": CKPT},
         "workers": {"max_failures": 1},
     }
@@ -58,9 +77,9 @@ def _same_losses(losses, reference, rel=1e-6, abs=1e-7):
 
 
 @pytest.fixture(scope="module")
-def straight(ray_session, latent_shards, tmp_path_factory):
+def straight(ray_session, latent_shards, scenario_table, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("wm-straight"))
-    return _train(_cfg(latent_shards), "wm-straight", work), work
+    return _train(_cfg(latent_shards, scenario_table), "wm-straight", work), work
 
 
 def test_training_logs_exports_and_registers(straight):
@@ -92,10 +111,25 @@ def test_training_logs_exports_and_registers(straight):
     assert mlflow.pyfunc.load_model(uri) is not None
 
 
-def test_worker_failure_resumes_with_the_same_losses(straight, latent_shards, tmp_path):
+def test_training_uses_the_measured_latent_statistics_and_the_scenario_table(straight, latent_shards):
+    """The shards' measured statistics fill the config, are logged, and travel with the export; the scenario
+    table's coverage is logged."""
+    from gaia2.export import read_meta
+    from gaia2.flow.stats import read_stats
+
+    outcome, work = straight
+    stats = read_stats(latent_shards)
+    meta = read_meta(outcome.export_dir)
+    assert meta["latent_mean"] == stats.mean and meta["latent_std"] == stats.std
+    params = _run(work, outcome.run_id).data.params
+    assert params["flow.latent_std"] == str(stats.std)
+    assert 0.5 < float(params["scenario_coverage_train"]) < 0.8
+
+
+def test_worker_failure_resumes_with_the_same_losses(straight, latent_shards, scenario_table, tmp_path):
     reference = _history(straight[1], straight[0].run_id)
     work = str(tmp_path)
-    outcome = _train(_cfg(latent_shards), "wm-crashy", work, fail_at_step=CKPT + 1)
+    outcome = _train(_cfg(latent_shards, scenario_table), "wm-crashy", work, fail_at_step=CKPT + 1)
     losses = _history(work, outcome.run_id)
     assert len(losses[CKPT + 1]) == 2
     _same_losses(losses, reference)
@@ -104,14 +138,14 @@ def test_worker_failure_resumes_with_the_same_losses(straight, latent_shards, tm
 
 
 def test_a_corrupt_latest_checkpoint_is_skipped_and_the_job_resumes_from_the_one_before(
-        straight, latent_shards, tmp_path):
+        straight, latent_shards, scenario_table, tmp_path):
     """The job fails after its step-4 checkpoint; that checkpoint is then damaged in storage. Running the job
     again warns naming it and resumes from step 2, with the uninterrupted run's losses."""
     import glob
 
     reference = _history(straight[1], straight[0].run_id)
     work = str(tmp_path)
-    cfg = _cfg(latent_shards, schedule={"checkpoint_every": 2}, workers={"max_failures": 0})
+    cfg = _cfg(latent_shards, scenario_table, schedule={"checkpoint_every": 2}, workers={"max_failures": 0})
     with pytest.raises(Exception):
         _train(cfg, "wm-corrupt", work, fail_at_step=CKPT + 1)
     latest = os.path.join(work, "ray_results", "wm-corrupt", f"checkpoint-{CKPT:08d}")
@@ -164,12 +198,23 @@ def test_two_workers_resume_after_a_failure_with_the_uninterrupted_losses(two_wo
     ({"model": {"cameras": 6}}, "model.cameras: 6"),
     ({"model": {"conditioning": {"clip_dim": 32}}}, "model.conditioning.clip_dim: 32"),
     ({"flow": {"p_scratch": 0.5}}, "p_scratch + p_context + p_inpaint: must sum to 1"),
+    # the paper's statistics belong to the paper's tokenizer, not to the one that wrote these latents
+    ({"flow": {"latent_mean": 0.0, "latent_std": 0.32}},
+     "flow.latent_mean / flow.latent_std: the config's statistics (mean 0, std 0.32) differ from the tokenizer's"),
+    ({"flow": {"latent_mean": 0.0}}, "latent_mean and latent_std: give both, or neither"),
+    ({"data": {"scenario": "SCENARIO"}, "model": {"conditioning": {"scenario_dim": 4}}},
+     "holds 8-dimensional embeddings, the model takes model.conditioning.scenario_dim = 4"),
+    ({"data": {"scenario": "MISSING"}}, "data.scenario: "),
 ])
-def test_bad_configuration_fails_before_any_work(latent_shards, tmp_path, capsys, overrides, field):
+def test_bad_configuration_fails_before_any_work(latent_shards, scenario_table, tmp_path, capsys, overrides, field):
     import yaml
 
     from jobs.cli import main
 
+    if overrides.get("data", {}).get("scenario"):
+        overrides = deep_merge(overrides, {"data": {"scenario": {"SCENARIO": scenario_table,
+                                                                 "MISSING": str(tmp_path / "no.parquet")}[
+            overrides["data"]["scenario"]]}})
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(deep_merge({"model": {"latent_steps": 3}}, overrides)))
     code = main(["train", "world-model", "--shards", latent_shards, "--config", str(config),
@@ -191,3 +236,17 @@ def test_workers_that_leave_no_room_for_the_data_fail_at_once_naming_the_fields(
     err = capsys.readouterr().err
     assert code == 2 and "workers.num_workers x workers.cpus_per_worker" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "work")
+
+
+def test_latent_shards_without_measured_statistics_are_refused_naming_the_command(latent_shards, tmp_path, capsys):
+    """Latent shards written before statistics were measured: the job says how to measure them."""
+    import shutil
+
+    from jobs.cli import main
+
+    old = str(tmp_path / "old-latents")
+    shutil.copytree(latent_shards, old, ignore=shutil.ignore_patterns("latent_stats.json"))
+    code = main(["train", "world-model", "--shards", old, "--set", "model.latent_steps=3",
+                 "--workdir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"gaia2 latents stats {old}" in err and "Traceback" not in err

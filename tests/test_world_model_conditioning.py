@@ -5,7 +5,10 @@ depend on every conditioning input. Then, in eval mode, for each input:
 - changing it changes the predicted velocity (of that sample only);
 - with its variable dropped (per-sample keep False), changing it changes nothing, exactly;
 - with every variable dropped, the prediction is the unconditional one whatever the conditioning;
-- dropped equals absent / null where "absent" has a meaning (no scenario, no valid agent, unknown metadata).
+- dropped equals absent / null where "absent" has a meaning (no scenario, no valid agent, unknown metadata,
+  NaN speed or curvature).
+
+Each variable is dropped on its own: speed and curvature separately, each metadata variable by name.
 
 An untrained model predicts v = 0 for every input, so none of this could be seen without the training.
 """
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from gaia2.conditioning import VARIABLES, normalise_action
+from gaia2.embedding import camera_slots
 from gaia2.flow import TaskSampler, TauSampler, build_inputs, flow_loss, velocity_target
 from gaia2.schema.metadata import AGENT_CATEGORIES, METADATA_KEYS, vocabulary_sizes
 from gaia2.world_model.config import WorldModelConfig, world_model_config
@@ -69,7 +73,7 @@ class SyntheticWorld:
                             for k, n in vocabulary_sizes().items()}
 
     def conditioning(self, batch: int, g: torch.Generator) -> tuple[dict, Tensor, dict]:
-        """-> cond dict, timestamps (B, T), camera dict, with plausible random values."""
+        """-> cond dict, timestamps (B, T, N) per camera, camera dict, with plausible random values."""
         cfg = self.cfg
         b, t, n, a = batch, cfg.latent_steps, cfg.cameras, cfg.conditioning.max_agents
         feats = torch.rand(b, t, n, a, 13, generator=g)
@@ -89,7 +93,9 @@ class SyntheticWorld:
             "scenario": torch.randn(b, cfg.conditioning.scenario_dim, generator=g),
         }
         spacing = 0.2 + 0.4 * torch.rand(b, 1, generator=g)                      # seconds between latent steps
-        timestamps = (torch.arange(t, dtype=torch.float32) - (t - 1)) * spacing  # (B, T), 0 = the present
+        grid = (torch.arange(t, dtype=torch.float32) - (t - 1)) * spacing       # (B, T), 0 = the present
+        offset = 0.05 * torch.rand(b, 1, n, generator=g)                       # each camera's trigger offset
+        timestamps = grid[:, :, None] + offset                                  # (B, T, N)
         angle = 6.2832 * torch.rand(b, n, generator=g)                           # camera yaw on the rig
         extrinsics = torch.eye(4).repeat(b, n, 1, 1)
         extrinsics[..., 0, 0], extrinsics[..., 0, 1] = angle.cos(), -angle.sin()
@@ -111,9 +117,9 @@ class SyntheticWorld:
         scenario = cond["scenario"] @ self.w_scenario                                        # (B, L)
         geometry = torch.cat([camera["intrinsics"], camera["extrinsics"][..., :3, :].flatten(-2),
                               camera["distortion"]], -1) @ self.w_camera                      # (B, N, L)
-        time = torch.stack([timestamps, (timestamps * 3).sin()], -1) @ self.w_time           # (B, T, L)
+        time = torch.stack([timestamps, (timestamps * 3).sin()], -1) @ self.w_time           # (B, T, N, L)
         per_token = (action[:, :, None] + agents + meta[:, None, None] + clip[:, None]
-                     + scenario[:, None, None] + geometry[:, None] + time[:, :, None])       # (B, T, N, L)
+                     + scenario[:, None, None] + geometry[:, None] + time)                   # (B, T, N, L)
         x = 0.5 * per_token[..., None, None] * self.pattern
         return x + NOISE_STD * torch.randn(x.shape, generator=g)
 
@@ -150,7 +156,8 @@ def trained() -> Trained:
     world = SyntheticWorld(cfg, seed=1)
     g = torch.Generator().manual_seed(2)
     f = train_config.paper().flow
-    taus, tasks = TauSampler(f.tau_weights, f.tau_means, f.tau_stds), TaskSampler(f.p_scratch, f.p_context, f.p_inpaint)
+    taus = TauSampler(f.tau_weights, f.tau_means, f.tau_stds)
+    tasks = TaskSampler(f.p_scratch, f.p_context, f.p_inpaint, f.moving_inpaint)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
     losses = [train_step(model, opt, world, taus, tasks, g) for _ in range(STEPS)]
     return Trained(model.eval(), world, losses)
@@ -195,9 +202,13 @@ def clone(inputs: Inputs) -> Inputs:
 
 # --- how each input is changed: in place, in the samples selected by s only ---------------------------
 
-def _action(i: Inputs, s: slice) -> None:
+def _speed(i: Inputs, s: slice) -> None:
     a = i["cond"]["action"]
     a[s, ..., 0] = 30.0 - a[s, ..., 0]
+
+
+def _curvature(i: Inputs, s: slice) -> None:
+    a = i["cond"]["action"]
     a[s, ..., 1] = 0.05 - a[s, ..., 1]
 
 
@@ -212,14 +223,28 @@ def _agent_validity(i: Inputs, s: slice) -> None:
     i["cond"]["agents_valid"][s] = ~i["cond"]["agents_valid"][s]
 
 
-def _metadata(i: Inputs, s: slice) -> None:
-    sizes = torch.tensor([vocabulary_sizes()[k] for k in METADATA_KEYS])
-    ids = i["cond"]["metadata"]
-    ids[s] = ids[s] % (sizes - 1) + 1                                         # another known value of each variable
+def _metadata(name: str) -> Callable[[Inputs, slice], None]:
+    """Another known value of one metadata variable."""
+    k = METADATA_KEYS.index(name)
+    size = vocabulary_sizes()[name]
+
+    def how(i: Inputs, s: slice) -> None:
+        ids = i["cond"]["metadata"]
+        ids[s, k] = ids[s, k] % (size - 1) + 1
+    return how
 
 
 def _clip(i: Inputs, s: slice) -> None:
     i["cond"]["clip"][s] = -i["cond"]["clip"][s]
+
+
+def _clip_text(i: Inputs, s: slice) -> None:
+    """A text prompt's embedding stands in for the per-camera image embeddings: one vector in every camera
+    slot (``gaia2.embedding.camera_slots``); changed to another prompt's."""
+    clip = i["cond"]["clip"]
+    g = torch.Generator().manual_seed(11)
+    text = torch.nn.functional.normalize(torch.randn(clip.shape[-1], generator=g), dim=0) * clip.shape[-1] ** 0.5
+    clip[s] = camera_slots(text, clip.shape[1])[0]
 
 
 def _scenario(i: Inputs, s: slice) -> None:
@@ -244,18 +269,25 @@ def _timestamps(i: Inputs, s: slice) -> None:
     i["timestamps"][s] = 2.0 * i["timestamps"][s]                             # twice the step spacing
 
 
+def _one_camera_timestamps(i: Inputs, s: slice) -> None:
+    i["timestamps"][s, :, 0] = i["timestamps"][s, :, 0] + 0.1                # camera 0 triggers 100 ms later
+
+
 # (input changed, the conditioning variable that drops it or None, how)
 CHANGES: list[tuple[str, str | None, Callable[[Inputs, slice], None]]] = [
-    ("action", "action", _action),
+    ("speed", "speed", _speed),
+    ("curvature", "curvature", _curvature),
     ("agent_features", "agents", _agent_features),
     ("agent_validity", "agents", _agent_validity),
-    ("metadata", "metadata", _metadata),
+    *[(f"metadata_{k}", k, _metadata(k)) for k in METADATA_KEYS],
     ("clip", "clip", _clip),
+    ("clip_text", "clip", _clip_text),
     ("scenario", "scenario", _scenario),
     ("camera_intrinsics", None, _intrinsics),
     ("camera_extrinsics", None, _extrinsics),
     ("camera_distortion", None, _distortion),
     ("timestamps", None, _timestamps),
+    ("timestamps_one_camera", None, _one_camera_timestamps),
 ]
 DROPPABLE = [c for c in CHANGES if c[1] is not None]
 
@@ -337,17 +369,49 @@ def _no_valid_agent(i: Inputs) -> None:
     i["cond"]["agents_valid"][:] = False
 
 
-def _unknown_metadata(i: Inputs) -> None:
-    i["cond"]["metadata"][:] = 0
+def _unknown(name: str) -> Callable[[Inputs], None]:
+    k = METADATA_KEYS.index(name)
+
+    def absent(i: Inputs) -> None:
+        i["cond"]["metadata"][:, k] = 0
+    return absent
 
 
-ABSENT = [("scenario", _no_scenario), ("agents", _no_valid_agent), ("metadata", _unknown_metadata)]
+def _unknown_speed(i: Inputs) -> None:
+    i["cond"]["action"][..., 0] = float("nan")
 
 
-@pytest.mark.parametrize("variable, absent", ABSENT, ids=[a[0] for a in ABSENT])
+def _unknown_curvature(i: Inputs) -> None:
+    i["cond"]["action"][..., 1] = float("nan")
+
+
+def _no_scenario_vector(i: Inputs) -> None:
+    i["cond"]["scenario_valid"] = torch.zeros(len(i["x"]), dtype=torch.bool)
+
+
+ABSENT = [("scenario", _no_scenario), ("scenario", _no_scenario_vector), ("agents", _no_valid_agent),
+          ("speed", _unknown_speed), ("curvature", _unknown_curvature),
+          *[(k, _unknown(k)) for k in METADATA_KEYS]]
+
+
+@pytest.mark.parametrize("variable, absent", ABSENT, ids=[a[1].__name__.strip("_") if a[0] in ("scenario",)
+                                                          else a[0] for a in ABSENT])
 def test_dropped_equals_absent(trained, variable, absent):
     inputs = base_inputs(trained.world)
     dropped = trained.predict(inputs, keep_all_but(variable, dropped=[True, True]))
     without = clone(inputs)
     absent(without)
     torch.testing.assert_close(trained.predict(without), dropped, rtol=0, atol=EXACT)
+
+
+def test_shifting_one_cameras_timestamps_changes_that_cameras_prediction(trained):
+    inputs = base_inputs(trained.world)
+    v = trained.predict(inputs)
+    v_shifted = trained.predict(changed(inputs, _one_camera_timestamps, slice(0, 1)))
+    per_camera = (v - v_shifted).abs().transpose(1, 2).flatten(2).amax(2)        # (B, N)
+    assert per_camera[0, 0] > CHANGED, f"camera 0 moved by {per_camera[0, 0]:.2e}"
+    assert per_camera[1].max() <= EXACT
+    # and the model sees each camera's own time: giving every camera camera 1's times is another prediction
+    shared = clone(inputs)
+    shared["timestamps"][:] = shared["timestamps"][:, :, 1:2]
+    assert per_sample_change(v, trained.predict(shared)).min() > CHANGED
