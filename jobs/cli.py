@@ -6,6 +6,7 @@
     gaia2 shards verify --out DIR [--source PATH]  check a build's invariants from its files
     gaia2 train tokenizer --shards DIR [--preset tiny]             train the video tokenizer (Ray Train)
     gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
+    gaia2 latents stats DIR [--split train] [--tokenizer URI]     measure existing latent shards' statistics
     gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
                                                    shards -> tokenizer -> latent shards -> world model
@@ -113,6 +114,14 @@ def parser() -> argparse.ArgumentParser:
 
     _add_command(sub, "encode-latents", "encode a shard build's videos into latent shards with a tokenizer",
                  encode_latents.COMMAND)
+
+    from jobs import latents_stats
+
+    la = sub.add_parser("latents", help="latent shards").add_subparsers(dest="latents_command", required=True)
+    st = la.add_parser("stats", help="measure the per-channel latent mean and std of existing latent shards",
+                       description=latents_stats.__doc__.splitlines()[0])
+    latents_stats.add_arguments(st)
+    st.set_defaults(fn=latents_stats.execute)
 
     d = sub.add_parser("describe", help="describe a model preset").add_subparsers(dest="model", required=True)
     for name, what in (("tokenizer", "video tokenizer: parameter counts, input/latent shapes, compression"),

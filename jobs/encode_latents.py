@@ -5,7 +5,10 @@
     ray job submit --working-dir . -- python -m jobs.encode_latents --shards /mnt/shards \\
         --tokenizer /models/tokenizer --out /mnt/latents --num-gpus 1 --concurrency 8
 
-Each job is one MLflow run (experiment ``latents``); re-running onto the same output resumes it.
+Each job is one MLflow run (experiment ``latents``); re-running onto the same output resumes it. The job
+measures the per-channel mean and std of the train split's latents (``LATENTS/latent_stats.json``); given the
+tokenizer as a registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) it also records them on
+that version (``jobs.registry.record_latent_stats``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from gaia2.config.base import ConfigError, StrictModel, build_config
+from gaia2.flow.stats import STATS_FILE, LatentStatsError
 from jobs.options import Alias, Command
 from pipelines.tokenizer.latents_config import LatentConfig, LatentInputError
 
@@ -90,16 +94,48 @@ def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) ->
     return os.path.abspath(path)
 
 
-def run(cfg: EncodeLatentsConfig):
-    """Resolve the tokenizer, check the inputs, then encode with tracking; returns (LatentResult, MLflow run id)."""
+def registered_version(uri: str, workdir: str) -> str | None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> "models:/NAME/VERSION", the version the alias names
+    now (so the job downloads and records its statistics on one version, even if the alias moves meanwhile);
+    None for a directory or ``runs:/`` URI. Raises ``LatentInputError`` if the registry has no such version."""
+    if not uri.startswith("models:/"):
+        return None
     import mlflow
 
+    from jobs.registry import model_version_of
+    from jobs.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(workdir))
+    try:
+        name, version = model_version_of(uri)
+    except (mlflow.exceptions.MlflowException, ValueError) as err:
+        raise LatentInputError(f"tokenizer {uri!r}: {str(err).splitlines()[0]}") from None
+    return f"models:/{name}/{version}"
+
+
+def log_stats(stats, out_dir: str) -> None:
+    """The latent statistics in the active MLflow run: their range as metrics, the file as an artifact."""
+    import mlflow
+
+    mlflow.log_metrics({"latent_mean_min": min(stats.mean), "latent_mean_max": max(stats.mean),
+                        "latent_std_min": min(stats.std), "latent_std_max": max(stats.std),
+                        "latent_stats_count": stats.count})
+    mlflow.log_artifact(os.path.join(out_dir, STATS_FILE), artifact_path="latents")
+
+
+def run(cfg: EncodeLatentsConfig):
+    """Resolve the tokenizer, check the inputs, then encode with tracking; returns (LatentResult, MLflow run id).
+    The result's ``stats_version`` says which registered version the latent statistics were recorded on."""
+    import mlflow
+
+    from jobs.registry import record_latent_stats
     from jobs.runtime import init_ray
     from jobs.tracking import log_config, output_run
     from pipelines.tokenizer.latents import check_inputs, check_output, encode_latents
 
     job, encoding = cfg.job, cfg.encoding()
-    tokenizer_dir = resolve_tokenizer(job.tokenizer, job.workdir,
+    version = registered_version(job.tokenizer, job.workdir)
+    tokenizer_dir = resolve_tokenizer(version or job.tokenizer, job.workdir,
                                       download_to=os.path.join(os.path.abspath(job.out), "_tokenizer"))
     # Bad input fails here, before Ray starts or an MLflow run is opened.
     inputs = check_inputs(job.shards, tokenizer_dir)
@@ -110,7 +146,7 @@ def run(cfg: EncodeLatentsConfig):
             mlflow.log_params({"shards": inputs.shards_dir, "tokenizer_dir": tokenizer_dir,
                                "out": os.path.abspath(job.out), **encoding.model_dump()})
             log_config({"tokenizer": inputs.tokenizer.model_dump(mode="json")})
-            mlflow.set_tag("tokenizer_sha256", inputs.tokenizer_sha256)
+            mlflow.set_tags({"tokenizer_sha256": inputs.tokenizer_sha256, "tokenizer": job.tokenizer})
         result = encode_latents(job.shards, tokenizer_dir, job.out, encoding)
         report = result.report
         metrics = {f"count.{k}": v for k, v in report["counts"].items()}
@@ -121,7 +157,27 @@ def run(cfg: EncodeLatentsConfig):
         mlflow.log_metrics(metrics)
         for name in ("latents.json", "rejects.parquet"):
             mlflow.log_artifact(os.path.join(result.out_dir, name), artifact_path="latents")
+        if result.stats is None:   # no latents written (every sample rejected): nothing to measure
+            return result, active.info.run_id
+        log_stats(result.stats, result.out_dir)
+        if version:
+            result.stats_version = record_latent_stats(version, result.stats)
+            mlflow.set_tag("latent_stats_version", result.stats_version)
         return result, active.info.run_id
+
+
+def stats_line(stats, out_dir: str, version: str | None, tokenizer: str | None = None) -> str:
+    """One line: the statistics, their file, and whether they were also recorded on a registered version."""
+    if stats is None:
+        return "none: no latents were written (see the rejects)"
+    if version:
+        where = f", and on {version} (tags gaia2.latent_*)"
+    elif tokenizer:
+        where = (f"; tokenizer {tokenizer} is not a registered model version (models:/NAME@ALIAS or "
+                 f"models:/NAME/VERSION): the stats are stored with the latent shards only")
+    else:
+        where = "; no --tokenizer given: the stats are stored with the latent shards only"
+    return f"{stats.summary()}; {stats.source} -> {os.path.join(out_dir, STATS_FILE)}{where}"
 
 
 def summary(result, run_id: str, workdir: str) -> str:
@@ -137,6 +193,7 @@ def summary(result, run_id: str, workdir: str) -> str:
         f"shapes:   {shapes} as {rep['latent_layout']}; mode {rep['mode']}, seed {rep['seed']}",
         f"counts:   {c['samples_in']} samples in, {c['written']} written, {c['rejected']} rejected "
         f"(rejects: {out}/rejects.parquet); {c['processed_this_run']} processed in {rep['seconds']:.1f} s",
+        f"stats:    {stats_line(result.stats, out, result.stats_version, rep['tokenizer']['path'])}",
         f"report:   {out}/latents.json   manifest: {out}/manifest.parquet",
         f"mlflow:   run {run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}",
     ])
@@ -159,7 +216,7 @@ COMMAND = Command(
              Alias("--num-gpus", "num_gpus", "GPUs per encoder actor", float),
              Alias("--num-cpus", "num_cpus", "CPUs per encoder actor", float),
              Alias("--concurrency", "concurrency", "encoder actors", int)),
-    presets=tuple(PRESETS), build=load_config, work=_work, input_errors=(LatentInputError,))
+    presets=tuple(PRESETS), build=load_config, work=_work, input_errors=(LatentInputError, LatentStatsError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,12 +8,18 @@ job addresses a model the same way: a local export directory, or an MLflow URI (
 
     model = mlflow.pyfunc.load_model("models:/gaia2-tokenizer-tiny@candidate")
     latents = model.predict(clips)              # uint8 (B, T, H, W, 3) -> latent means (B, L, T/8, h, w)
+
+A tokenizer's version also carries the measured statistics of its latents as tags (``record_latent_stats``,
+``latent_stats_of``), so whoever loads it normalises latents the way the world model was trained.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gaia2.flow.stats import LatentStats
 
 ALIAS = "candidate"   # every newly trained model; promoting one further is a human decision
 PIP_REQUIREMENTS = ["torch", "safetensors", "numpy"]
@@ -87,3 +93,73 @@ def resolve_model_uri(uri: str, download_to: str | None = None) -> str:
         raise ValueError(f"{uri}: not a gaia2 model (its MLmodel names loader {flavor.get('loader_module')!r} "
                          f"and data {flavor.get('data')!r})")
     return data
+
+
+# Tags of a registered tokenizer version holding the statistics of its latents (gaia2.flow.stats); the world
+# model reads them from there when its latents directory has none, and generation after it.
+STATS_TAGS = {"mean": "gaia2.latent_mean", "std": "gaia2.latent_std", "count": "gaia2.latent_stats_count",
+              "samples": "gaia2.latent_stats_samples", "source": "gaia2.latent_stats_source"}
+
+
+def model_version_of(uri: str) -> tuple[str, str] | None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (NAME, VERSION) of the registered version it names
+    now (the alias resolved with the configured tracking URI); None for anything else (a directory,
+    ``runs:/...``). Raises ``MlflowException`` if the model, version or alias does not exist, ``ValueError``
+    for another ``models:/`` form."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return None
+    path = uri.removeprefix("models:/").strip("/")
+    client = MlflowClient()
+    if "@" in path:
+        name, alias = path.rsplit("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = path.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, str(client.get_model_version(name, version).version)
+
+
+def record_latent_stats(uri: str, stats: "LatentStats") -> str | None:
+    """Tag the registered version ``uri`` names with ``stats`` (``STATS_TAGS``: mean and std as JSON lists,
+    exactly the floats of latent_stats.json); returns "models:/NAME/VERSION", or None when ``uri`` is not a
+    registered model (nothing is recorded)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    version = model_version_of(uri)
+    if version is None:
+        return None
+    values = {"mean": json.dumps(stats.mean), "std": json.dumps(stats.std), "count": str(stats.count),
+              "samples": str(stats.samples), "source": stats.source}
+    client = MlflowClient()
+    for field, tag in STATS_TAGS.items():
+        client.set_model_version_tag(*version, tag, values[field])
+    return f"models:/{version[0]}/{version[1]}"
+
+
+def latent_stats_of(uri: str) -> "LatentStats | None":
+    """The latent statistics recorded on the registered version ``uri`` names; None when ``uri`` is not a
+    registered model or its version has none. Raises ``LatentStatsError`` if its tags are malformed."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from gaia2.flow.stats import LatentStats, LatentStatsError
+
+    version = model_version_of(uri)
+    if version is None:
+        return None
+    tags = MlflowClient().get_model_version(*version).tags
+    if STATS_TAGS["mean"] not in tags:
+        return None
+    try:
+        values = {field: tags.get(tag) for field, tag in STATS_TAGS.items()}
+        return LatentStats(mean=json.loads(values["mean"]), std=json.loads(values["std"]),
+                           count=int(values["count"]), samples=int(values["samples"] or 0),
+                           source=values["source"] or "")
+    except (TypeError, ValueError) as err:   # json and pydantic errors are ValueErrors
+        raise LatentStatsError(f"models:/{version[0]}/{version[1]}: tags {', '.join(STATS_TAGS.values())} are "
+                               f"not valid latent statistics ({str(err).splitlines()[0]})") from None

@@ -16,12 +16,15 @@ import pytest
 import torch
 
 from gaia2.config.base import ConfigError
+from gaia2.flow.stats import LatentStats, read_stats
 from gaia2.schema.sample import tar_archive, tar_members
 from gaia2.tokenizer import Tokenizer, tiny
 from gaia2.tokenizer.clips import sample_videos, to_model_input
 from gaia2.tokenizer.export import load_tokenizer, save_tokenizer
 from jobs.cli import main as cli
 from jobs.encode_latents import resolve_tokenizer
+from jobs.registry import STATS_TAGS, latent_stats_of, log_and_register
+from jobs.tracking import mlflow_run, tracking_uri
 from pipelines.rejects import REJECTS_SCHEMA, batch_rejects
 from pipelines.tokenizer.latents import (LatentInputError, check_inputs, encode_latents, latent_config,
                                          read_shard_batch, sample_seed)
@@ -50,6 +53,22 @@ def _tars(root: str) -> list[str]:
 
 def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data))
+
+
+def numpy_channel_stats(directory: str, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The reference: numpy's per-channel mean and std (float64) of every latents.npy in the shards of
+    ``splits``, read straight from the tars -> (mean (L,), std (L,), values per channel)."""
+    latents = [_npy(files["latents.npy"]) for shard in _tars(directory) if shard.split("/")[0] in splits
+               for files in _samples(os.path.join(directory, shard)).values()]
+    x = np.concatenate([np.moveaxis(a, 2, 0).reshape(a.shape[2], -1) for a in latents], axis=1).astype(np.float64)
+    return x.mean(axis=1), x.std(axis=1), x.shape[1]
+
+
+def register_tokenizer(tokenizer_dir: str, workdir: str, name: str) -> str:
+    """Register ``tokenizer_dir`` the way the training job does -> "models:/NAME@candidate"."""
+    with mlflow_run("tokenizer", workdir, run_name=f"register-{name}"):
+        log_and_register(tokenizer_dir, name, "tokenizer")
+    return f"models:/{name}@candidate"
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +143,23 @@ def test_latent_shards_mirror_the_input(sampled, tokenizer_shards):
     assert set(report["latent_shapes"]) <= {"3x5x16x4x8", "3x6x16x4x8"}
 
 
+def test_latent_stats_are_numpys_per_channel_mean_and_std_of_the_train_split(sampled):
+    out = sampled.out_dir
+    stats = read_stats(out)
+    mean, std, count = numpy_channel_stats(out, ("train",))
+    assert stats.channels == 16 and stats.count == count
+    np.testing.assert_allclose(stats.mean, mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats.std, std, rtol=1e-6)
+    train = sampled.report["splits"]["train"]["written"]
+    assert stats.samples == train < sampled.report["counts"]["written"]   # val is not measured
+    assert stats.source == f"train split of latent shards {out}"
+    assert LatentStats.model_validate(sampled.report["latent_stats"]) == stats == sampled.stats
+    with open(os.path.join(out, "latents.json")) as f:
+        assert json.load(f)["latent_stats"] == stats.model_dump()
+    # The val split's numbers differ, so the split measured matters.
+    assert not np.allclose(numpy_channel_stats(out, ("val",))[1], std, rtol=1e-3)
+
+
 def test_mean_mode_is_the_encoder_mean_and_sample_mode_adds_seeded_noise(mean_run, sampled, small_shards,
                                                                          tokenizer_dir):
     model = load_tokenizer(tokenizer_dir)
@@ -168,6 +204,7 @@ def test_failed_samples_are_rejects_and_resume_skips_complete_shards(mean_run, s
     assert again.report["shards"]["skipped_complete"] == 1 and again.report["counts"]["processed_this_run"] == 2
     assert os.stat(kept).st_mtime_ns == stamp and open(redo, "rb").read() == before
     assert again.report["counts"]["rejected"] == 1                  # the skipped shard's reject still counts
+    assert again.stats == mean_run.stats and again.stats.samples == 2   # the skipped shard is measured too
     with pytest.raises(LatentInputError, match="seed"):            # another encoding is refused, not mixed in
         encode_latents(small_shards, tokenizer_dir, out, latent_config(mode="mean", seed=1))
 
@@ -189,7 +226,10 @@ def test_cli_run_is_tracked_and_byte_identical(sampled, tokenizer_shards, tokeni
     out = tmp_path / "cli"
     code = cli(["encode-latents", "--shards", tokenizer_shards, "--tokenizer", tokenizer_dir, "--out", str(out),
                 "--batch-size", "5", "--workdir", str(tmp_path / "work")])
-    assert code == 0 and "written" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "written" in printed
+    assert f"stats:    {sampled.stats.summary()}" in printed and "stored with the latent shards only" in printed
+    assert read_stats(str(out)) == sampled.stats.model_copy(update={"source": f"train split of latent shards {out}"})
     for shard in _tars(sampled.out_dir):   # other batching, same bytes
         assert (out / shard).read_bytes() == open(os.path.join(sampled.out_dir, shard), "rb").read()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work'}/mlflow.db")
@@ -199,7 +239,31 @@ def test_cli_run_is_tracked_and_byte_identical(sampled, tokenizer_shards, tokeni
     assert run.data.params["mode"] == "sample" and run.data.params["tokenizer.latent_dim"] == "16"
     assert run.data.metrics["count.written"] == sampled.report["counts"]["written"]
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "latents")]
-    assert "latents/latents.json" in artifacts
+    assert {"latents/latents.json", "latents/latent_stats.json"} <= set(artifacts)
+    stats = sampled.stats
+    assert run.data.metrics["latent_std_min"] == pytest.approx(min(stats.std), rel=1e-12)
+    assert run.data.metrics["latent_std_max"] == pytest.approx(max(stats.std), rel=1e-12)
+    assert run.data.metrics["latent_mean_min"] == pytest.approx(min(stats.mean), rel=1e-12)
+    assert run.data.metrics["latent_mean_max"] == pytest.approx(max(stats.mean), rel=1e-12)
+    assert mlflow.MlflowClient().search_registered_models() == []   # a plain directory: nothing registered
+
+
+def test_stats_are_recorded_on_the_registered_tokenizer_version(mean_run, small_shards, tokenizer_dir, tmp_path,
+                                                               capsys):
+    work, out = str(tmp_path / "work"), tmp_path / "out"
+    uri = register_tokenizer(tokenizer_dir, work, "gaia2-tokenizer-stats")
+    code = cli(["encode-latents", "--shards", small_shards, "--tokenizer", uri, "--out", str(out),
+                "--mode", "mean", "--workdir", work])
+    printed = capsys.readouterr().out
+    assert code == 0 and "on models:/gaia2-tokenizer-stats/1 (tags gaia2.latent_*)" in printed
+    stats = read_stats(str(out))
+    assert stats == mean_run.stats.model_copy(update={"source": f"train split of latent shards {out}"})
+    mlflow.set_tracking_uri(tracking_uri(work))
+    assert latent_stats_of(uri) == stats == latent_stats_of("models:/gaia2-tokenizer-stats/1")
+    tags = mlflow.MlflowClient().get_model_version("gaia2-tokenizer-stats", "1").tags
+    assert json.loads(tags[STATS_TAGS["mean"]]) == stats.mean and json.loads(tags[STATS_TAGS["std"]]) == stats.std
+    assert tags[STATS_TAGS["count"]] == str(stats.count) and tags[STATS_TAGS["source"]] == stats.source
+    assert latent_stats_of(tokenizer_dir) is None   # a directory is no registered version
 
 
 def test_bad_inputs_fail_early_and_clearly(small_shards, tokenizer_dir, tmp_path, capsys):

@@ -15,24 +15,29 @@ Output directory:
     manifest.parquet             the input's manifest rows of the samples written (all, unless some failed)
     rejects.parquet              one row per sample that failed: key, shard, split, clip_id, window, and the
                                  stage, reason and detail (pipelines/rejects.py)
-    latents.json                 report: tokenizer path/config, mode, seed, latent shapes, counts, seconds
+    latents.json                 report: tokenizer path/config, mode, seed, latent shapes, latent statistics,
+                                 counts, seconds
+    latent_stats.json            the per-channel mean and std of the train split's latents
+                                 (``gaia2.flow.stats.LatentStats``; all splits when there is no train split),
+                                 which the world model normalises with; ``gaia2 latents stats`` remeasures it
     encode.json                  what the latents were made from; a rerun onto another is refused
 
 The same inputs, tokenizer, mode, seed and device give byte-identical shards (``latents_stages`` says why).
 Modules: ``latents_config`` (settings, errors, the checks made before any work), ``latents_stages``
-(the Ray Data stages), this one (the pipeline and its report). The names the jobs and tests use are
-importable from here.
+(the Ray Data stages and the shard scan), this one (the pipeline, its report and the latent statistics).
+The names the jobs and tests use are importable from here.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,18 +48,22 @@ from pipelines.tokenizer.latents_config import (ENCODE_FILE, REPORT_FILE, Latent
                                                 LatentInputs, check_inputs, check_output, fingerprint,
                                                 latent_config, read_samples)
 from pipelines.tokenizer.latents_stages import (LATENTS_MEMBER, EncodeLatents, decode_batch, decode_sample,
-                                                latent_shapes, read_shard_batch, sample_seed, split_sample,
+                                                read_shard_batch, sample_seed, scan_latent_shard, split_sample,
                                                 stage_latents_batch)
+
+if TYPE_CHECKING:
+    from gaia2.flow.stats import ChannelMoments, LatentStats
 
 __all__ = ["ENCODE_FILE", "LATENTS_MEMBER", "REPORT_FILE", "EncodeLatents", "LatentConfig", "LatentInputError",
            "LatentInputs", "LatentResult", "check_inputs", "check_output", "decode_batch", "decode_sample",
-           "encode_latents", "latent_config", "latent_shapes", "make_report", "read_samples", "read_shard_batch",
-           "sample_seed", "split_sample", "stage_latents_batch"]
+           "encode_latents", "latent_config", "latent_shards", "make_report", "measure_latent_dir", "merge_moments",
+           "read_samples", "read_shard_batch", "sample_seed", "scan_latent_shard", "scan_latent_shards",
+           "split_sample", "stage_latents_batch"]
 
 # A decode worker's own memory, torch and decord loaded: measured ~420 MB, plus the 25% headroom Ray
 # Data's memory detector asks for.
 DECODE_WORKER_BYTES = 640 << 20
-
+SPLITS = ("train", "val", "all")   # what latent statistics can be measured over
 
 
 @dataclass
@@ -62,8 +71,8 @@ class LatentResult:
     out_dir: str
     report: dict
     seconds: float
-
-
+    stats: "LatentStats | None" = None     # as written to latent_stats.json and the report
+    stats_version: str | None = None       # models:/NAME/VERSION the job recorded them on (jobs.registry)
 
 
 def _prepare_output(out_dir: str, inputs: LatentInputs, cfg: LatentConfig) -> bool:
@@ -163,21 +172,100 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
         written.update(s["key"] for s in index["samples"])
         rejects.extend(index["failed"])   # already rejects-table rows
     manifest = inputs.manifest.filter(pa.array([k in written for k in inputs.manifest.column("key").to_pylist()]))
-    shapes_task = ray.remote(num_cpus=cfg.io_cpus)(latent_shapes)
-    shapes: Counter = Counter()
-    for part in ray.get([shapes_task.remote(shard_path(out_dir, s)) for s in inputs.shards]):
-        shapes.update(part)
+    # Every shard, the skipped complete ones too: the shapes and statistics describe the whole output.
+    shapes, moments = scan_latent_shards(out_dir, inputs.shards, cfg.io_cpus)
+    # Every sample rejected: no statistics, but the report and the rejects still say why.
+    stats = merge_moments(out_dir, moments, "train") if any(m.count for m in moments.values()) else None
 
     seconds = round(time.perf_counter() - started, 3)
-    report = make_report(inputs, cfg, rows, rejects, len(written), dict(sorted(shapes.items())),
-                         len(done), staged, seconds)
+    report = make_report(inputs, cfg, rows, rejects, len(written), shapes, len(done), staged, seconds)
+    report["latent_stats"] = stats and stats.model_dump()
+    if stats is not None:
+        stats.write(out_dir)
     _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest)
     _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects_table(rejects))
     with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     log(f"[latents] done in {seconds:.1f} s: {len(written)} samples written, {len(rejects)} rejected, "
-        f"{len(done)} shards already complete")
-    return LatentResult(out_dir, report, seconds)
+        f"{len(done)} shards already complete; latent statistics: {stats.summary() if stats else 'none'}")
+    return LatentResult(out_dir, report, seconds, stats)
+
+
+def latent_shards(directory: str) -> list[str]:
+    """The shards of a latent shard directory ("train/shard-000000", ...; sorted); raises ``LatentStatsError``
+    if it is not a directory or holds none."""
+    from gaia2.flow.stats import LatentStatsError
+
+    if not os.path.isdir(directory):
+        raise LatentStatsError(f"latents {directory!r}: not a directory (expected latent shards written by "
+                               f"gaia2 encode-latents: train/shard-*.tar, val/shard-*.tar)")
+    tars = sorted(glob.glob(os.path.join(directory, "*", "shard-*.tar")))
+    if not tars:
+        raise LatentStatsError(f"latents {directory!r}: no shards (expected <split>/shard-*.tar, written by "
+                               f"gaia2 encode-latents)")
+    return [os.path.relpath(t, directory)[: -len(".tar")] for t in tars]
+
+
+def scan_latent_shards(directory: str, shards: list[str], num_cpus: float = 0.25
+                       ) -> tuple[dict[str, int], dict[str, "ChannelMoments"]]:
+    """Read every latents.npy of ``shards`` once, one Ray task per shard (``scan_latent_shard``) ->
+    (latent shapes over all shards {"3x5x16x4x8": count}, each shard's ``ChannelMoments``).
+
+    Raises ``LatentStatsError`` naming the shards that could not be measured (the first three, one line).
+    """
+    import ray
+
+    from gaia2.flow.stats import ChannelMoments, LatentStatsError
+
+    scan = ray.remote(num_cpus=num_cpus)(scan_latent_shard)
+    parts = ray.get([scan.remote(shard_path(directory, s)) for s in shards])
+    errors = [p["error"] for p in parts if p["error"]]
+    if errors:
+        more = f" (and {len(errors) - 3} more shards)" if len(errors) > 3 else ""
+        raise LatentStatsError("; ".join(errors[:3]) + more)
+    shapes: Counter = Counter()
+    for part in parts:
+        shapes.update(part["shapes"])
+    return dict(sorted(shapes.items())), {s: ChannelMoments.from_dict(p["moments"]) for s, p in zip(shards, parts)}
+
+
+def merge_moments(directory: str, moments: dict[str, "ChannelMoments"], split: str = "train") -> "LatentStats":
+    """The per-shard moments of ``split`` ("train", "val" or "all") -> ``LatentStats`` whose source names the
+    split and ``directory``. "train" falls back to all splits when the train shards hold no latents (a build
+    without a train split), and says so in the source."""
+    from gaia2.flow.stats import ChannelMoments, LatentStatsError
+
+    if split not in SPLITS:
+        raise LatentStatsError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+
+    def merged(chosen: str) -> ChannelMoments:
+        total = ChannelMoments()
+        for shard, part in moments.items():
+            if chosen == "all" or shard.split("/", 1)[0] == chosen:
+                try:
+                    total.merge(part)
+                except LatentStatsError as err:
+                    raise LatentStatsError(f"{shard_path(directory, shard)}: {err}") from None
+        return total
+
+    total, source = merged(split), f"{split} split of latent shards {directory}"
+    if split == "all":
+        source = f"all splits of latent shards {directory}"
+    elif split == "train" and total.count == 0:
+        total, source = merged("all"), f"all splits of latent shards {directory} (no train latents)"
+    return total.stats(source)
+
+
+def measure_latent_dir(directory: str, split: str = "train", num_cpus: float = 0.25) -> "LatentStats":
+    """Measure the latent statistics of an existing latent shard directory (``split``: train, val or all) the
+    way ``encode_latents`` does, and write them to ``directory/latent_stats.json``; raises ``LatentStatsError``
+    naming the problem (not a latent shard directory, no shards, a sample without latents, NaN latents)."""
+    directory = os.path.abspath(directory)
+    shards = latent_shards(directory)
+    _, moments = scan_latent_shards(directory, shards, num_cpus)
+    stats = merge_moments(directory, moments, split)
+    stats.write(directory)
+    return stats
 
 
 def make_report(inputs: LatentInputs, cfg: LatentConfig, rows: list[dict], rejects: list[dict], n_written: int,

@@ -83,6 +83,13 @@ def _sha256_files(paths: list[str]) -> str:
     return h.hexdigest()
 
 
+def tokenizer_sha256(directory: str) -> str:
+    """The SHA-256 of a tokenizer export's config.json and weights: what encode.json's ``tokenizer_sha256`` holds."""
+    from gaia2.tokenizer.export import CONFIG_FILE, WEIGHTS_FILE
+
+    return _sha256_files([os.path.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE)])
+
+
 def read_samples(path: str) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     """A shard tar -> (key, [(member name, bytes), ...]) per sample, members in tar order.
 
@@ -153,8 +160,6 @@ def check_inputs(shards_dir: str, tokenizer_dir: str) -> LatentInputs:
     if missing:
         raise LatentInputError(f"shards {shards_dir!r}: the manifest lists shards with no tar: {missing[:5]}")
     tokenizer = _tokenizer_config(tokenizer_dir)
-    from gaia2.tokenizer.export import CONFIG_FILE, WEIGHTS_FILE
-
     key, meta = _first_sample(shards_dir, manifest.column("shard")[0].as_py())
     window = len(meta["timestamps"])
     factor = tokenizer.temporal_factor
@@ -165,7 +170,7 @@ def check_inputs(shards_dir: str, tokenizer_dir: str) -> LatentInputs:
             f"a multiple of {factor}")
     return LatentInputs(
         shards_dir=shards_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
-        tokenizer_sha256=_sha256_files([os.path.join(tokenizer_dir, f) for f in (CONFIG_FILE, WEIGHTS_FILE)]),
+        tokenizer_sha256=tokenizer_sha256(tokenizer_dir),
         manifest=manifest, manifest_sha256=_sha256_files([manifest_path]), shards=shards, window=window,
         cameras=len(meta["cameras"]))
 

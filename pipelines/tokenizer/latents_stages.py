@@ -193,17 +193,43 @@ def stage_latents_batch(batch: dict[str, np.ndarray], out_dir: str) -> dict[str,
     return {"key": np.asarray(batch["key"], dtype=object)} | reject_columns(rejects)
 
 
-def latent_shapes(path: str) -> dict[str, int]:
-    """Ray task: shapes of a latent shard's ``latents.npy`` members, read back from their npy headers
-    ({"3x5x16x4x8": count}); raises if one is not float32."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+def scan_latent_shard(path: str) -> dict:
+    """Ray task: a latent shard -> what the driver needs of its ``latents.npy`` members, each read once:
+
+        {"shapes": {"3x5x16x4x8": count}, "moments": ChannelMoments.to_dict(), "error": None}
+
+    The moments are per channel (axis 2 of (T', N, L, H', W')), float64 sums. A shard that cannot be measured
+    (a sample without latents.npy, latents not float32 (T', N, L, H', W') or not finite, an unreadable tar)
+    gives ``{"error": "<path>: why"}``: a value, so the driver reports every bad shard at once, one line each.
+    """
+    from gaia2.flow.stats import ChannelMoments, LatentStatsError   # imports torch (gaia2.flow): only here
+
     shapes: Counter = Counter()
-    with tarfile.open(path) as tar:
-        for info in tar:
-            if info.name.endswith(f".{LATENTS_MEMBER}"):
-                f = tar.extractfile(info)
-                shape, _, dtype = readers[np.lib.format.read_magic(f)](f)
-                if dtype != np.float32:
-                    raise RuntimeError(f"{path}: {info.name} is {dtype}, expected float32")
-                shapes["x".join(map(str, shape))] += 1
-    return dict(shapes)
+    moments = ChannelMoments()
+    keys, measured = set(), set()
+    try:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key = info.name.split(".", 1)[0]
+                keys.add(key)
+                if not info.name.endswith(f".{LATENTS_MEMBER}"):
+                    continue
+                latents = np.load(io.BytesIO(tar.extractfile(info).read()), allow_pickle=False)
+                if latents.dtype != np.float32 or latents.ndim != 5:
+                    raise LatentStatsError(f"{info.name} is {latents.dtype} {latents.shape}, expected float32 "
+                                           f"(T', N, L, H', W')")
+                try:
+                    moments.add(latents)
+                except LatentStatsError as err:
+                    raise LatentStatsError(f"{info.name}: {err}") from None
+                shapes["x".join(map(str, latents.shape))] += 1
+                measured.add(key)
+    except (LatentStatsError, tarfile.TarError, ValueError, OSError) as err:
+        return {"error": f"{path}: {err}"}
+    missing = sorted(keys - measured)
+    if missing:
+        return {"error": f"{path}: sample {missing[0]} has no {LATENTS_MEMBER} member ({len(missing)} of "
+                         f"{len(keys)} samples lack one): not a latent shard (gaia2 encode-latents writes them)"}
+    return {"shapes": dict(shapes), "moments": moments.to_dict(), "error": None}
