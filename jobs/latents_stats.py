@@ -6,9 +6,11 @@ task per shard, float64 sums merged on the driver).
     gaia2 latents stats LATENTS [--split train|val|all] [--tokenizer MODEL_URI] [--workdir W]
     python -m jobs.latents_stats LATENTS ...
 
-Writes ``LATENTS/latent_stats.json`` (the world model normalises with it); with ``--tokenizer models:/...``
-also records the statistics on that registered version (after checking it is the tokenizer that encoded
-LATENTS, when ``LATENTS/encode.json`` says which). Bad input is one ``error:`` line and exit code 2.
+Writes ``LATENTS/latent_stats.json`` (the train split's: the world model normalises with it); with
+``--tokenizer models:/...`` also records the statistics on that registered version (after checking it is the
+tokenizer that encoded LATENTS, when ``LATENTS/encode.json`` says which). ``--split val|all`` measures other
+splits for inspection, into ``latent_stats.<split>.json``: they never replace the training statistics nor
+reach the registry. Bad input is one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ import sys
 import tempfile
 from typing import Sequence
 
-from gaia2.flow.stats import STATS_FILE, LatentStats, LatentStatsError
+from gaia2.flow.stats import LatentStats, LatentStatsError, stats_file
 from pipelines.tokenizer.latents_config import ENCODE_FILE, LatentInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("latents", metavar="LATENTS", help="a latent shard directory (gaia2 encode-latents --out)")
     parser.add_argument("--split", choices=("train", "val", "all"), default="train",
-                        help="the shards measured (default train, the world model's training data; all "
-                             "splits when there is no train split)")
+                        help="the shards measured (default train, the world model's training data, into "
+                             "latent_stats.json; val / all into latent_stats.<split>.json, for inspection)")
     parser.add_argument("--tokenizer", metavar="MODEL_URI",
                         help="the tokenizer that encoded LATENTS; a registered one (models:/NAME@ALIAS, "
                              "models:/NAME/VERSION) gets the statistics as tags")
@@ -76,7 +78,7 @@ def measure(latents: str, split: str, tokenizer: str | None, workdir: str,
         check_tokenizer(version or tokenizer, latents, workdir)
     init_ray()
     stats = measure_latent_dir(latents, split, num_cpus)
-    return stats, record_latent_stats(version, stats) if version else None
+    return stats, record_latent_stats(version, stats) if version and split == "train" else None
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -92,7 +94,8 @@ def execute(args: argparse.Namespace) -> int:
         return 2
     latents = os.path.abspath(args.latents)
     print(f"stats:    {stats_line(stats, latents, version, args.tokenizer)}")
-    print(f"written:  {os.path.join(latents, STATS_FILE)}")
+    print(f"written:  {os.path.join(latents, stats_file(args.split))}"
+          + ("" if args.split == "train" else " (for inspection: training uses the train split's latent_stats.json)"))
     return 0
 
 

@@ -72,8 +72,10 @@ def test_command_remeasures_the_same_numbers_and_recreates_the_file(latents, lat
 def test_split_val_and_all_are_numpys_stats_of_those_shards(latents, capsys):
     train = read_stats(latents)
     for split, splits in (("val", ("val",)), ("all", ("train", "val"))):
-        code, _, _ = _stats_cli(capsys, latents, "--split", split)
-        stats = read_stats(latents)
+        code, out, _ = _stats_cli(capsys, latents, "--split", split)
+        assert read_stats(latents) == train            # the training statistics are never replaced
+        stats = read_stats(latents, f"latent_stats.{split}.json")
+        assert f"latent_stats.{split}.json (for inspection" in out
         mean, std, count = numpy_channel_stats(latents, splits)
         assert code == 0 and stats.count == count and stats.source.startswith(f"{split} split" if split == "val"
                                                                                else "all splits")

@@ -60,9 +60,10 @@ class LatentStats(StrictModel):
         return (f"{self.channels} channels, mean {min(self.mean):+.3f}..{max(self.mean):+.3f}, "
                 f"std {min(self.std):.3f}..{max(self.std):.3f} over {self.count} values per channel")
 
-    def write(self, directory: str) -> str:
-        """Write ``directory/latent_stats.json`` atomically; returns its path."""
-        path = os.path.join(directory, STATS_FILE)
+    def write(self, directory: str, name: str = STATS_FILE) -> str:
+        """Write ``directory/name`` (``latent_stats.json``: the statistics training uses) atomically; returns
+        its path."""
+        path = os.path.join(directory, name)
         tmp = f"{path}.{os.getpid()}.partial"
         with open(tmp, "w") as f:
             json.dump(self.model_dump(), f, indent=1)
@@ -70,9 +71,15 @@ class LatentStats(StrictModel):
         return path
 
 
-def read_stats(directory: str) -> LatentStats | None:
-    """``directory/latent_stats.json`` -> LatentStats; None when the file does not exist."""
-    path = os.path.join(directory, STATS_FILE)
+def stats_file(split: str = "train") -> str:
+    """The file name of a split's statistics: ``latent_stats.json`` for the training split (what the world
+    model normalises with), ``latent_stats.<split>.json`` for another (for inspection only)."""
+    return STATS_FILE if split == "train" else f"latent_stats.{split}.json"
+
+
+def read_stats(directory: str, name: str = STATS_FILE) -> LatentStats | None:
+    """``directory/name`` (default ``latent_stats.json``) -> LatentStats; None when the file does not exist."""
+    path = os.path.join(directory, name)
     if not os.path.isfile(path):
         return None
     try:

@@ -258,13 +258,17 @@ def merge_moments(directory: str, moments: dict[str, "ChannelMoments"], split: s
 
 def measure_latent_dir(directory: str, split: str = "train", num_cpus: float = 0.25) -> "LatentStats":
     """Measure the latent statistics of an existing latent shard directory (``split``: train, val or all) the
-    way ``encode_latents`` does, and write them to ``directory/latent_stats.json``; raises ``LatentStatsError``
-    naming the problem (not a latent shard directory, no shards, a sample without latents, NaN latents)."""
+    way ``encode_latents`` does, and write them to ``directory/latent_stats.json`` for the train split (what the
+    world model trains with), ``latent_stats.<split>.json`` for the others (``gaia2.flow.stats.stats_file``);
+    raises ``LatentStatsError`` naming the problem (not a latent shard directory, no shards, a sample without
+    latents, NaN latents)."""
+    from gaia2.flow.stats import stats_file
+
     directory = os.path.abspath(directory)
     shards = latent_shards(directory)
     _, moments = scan_latent_shards(directory, shards, num_cpus)
     stats = merge_moments(directory, moments, split)
-    stats.write(directory)
+    stats.write(directory, stats_file(split))
     return stats
 
 
