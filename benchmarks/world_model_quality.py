@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=24, help="synthetic clips (the quickstart's 24)")
     p.add_argument("--tokenizer-steps", type=int, default=200, help="tokenizer main-stage steps (the quickstart's)")
-    p.add_argument("--steps", type=int, default=200, help="world-model steps (the quickstart's 200)")
+    p.add_argument("--steps", type=int, default=300, help="world-model steps (the quickstart's 300)")
     p.add_argument("--val-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", help="a trained tokenizer (export directory or models:/ URI) instead of training one")

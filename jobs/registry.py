@@ -95,8 +95,8 @@ def resolve_model_uri(uri: str, download_to: str | None = None) -> str:
     return data
 
 
-# Tags of a registered tokenizer version holding the statistics of its latents (gaia2.flow.stats); the world
-# model reads them from there when its latents directory has none, and generation after it.
+# Tags of a registered tokenizer version holding the statistics of its latents (gaia2.flow.stats); generation
+# compares them with a world model's (gaia2.flow.stats.require_same) before pairing the two.
 STATS_TAGS = {"mean": "gaia2.latent_mean", "std": "gaia2.latent_std", "count": "gaia2.latent_stats_count",
               "samples": "gaia2.latent_stats_samples", "source": "gaia2.latent_stats_source"}
 

@@ -122,6 +122,21 @@ def test_registry_round_trip_is_exact_and_rejects_malformed_tags(latent_shards, 
         latent_stats_of(uri)
 
 
+def test_a_world_model_is_refused_with_another_tokenizers_statistics():
+    from gaia2.flow.stats import require_same
+
+    tokenizer = LatentStats(mean=[0.5, -1.0], std=[1.9, 0.7], count=100, source="train split of latent shards /x")
+    require_same([0.5, -1.0], [1.9, 0.7], tokenizer, "world model W", "tokenizer T")          # its own: accepted
+    require_same(tokenizer.mean, [1.9 * (1 + 1e-7), 0.7], tokenizer, "world model W", "tokenizer T")   # round-off
+    with pytest.raises(LatentStatsError) as err:
+        require_same(0.0, 0.32, tokenizer, "world model W", "tokenizer T")   # the paper's, on another tokenizer
+    message = str(err.value)
+    assert "world model W" in message and "mean 0, std 0.32" in message
+    assert "tokenizer T" in message and "[2 channels, 0.7..1.9]" in message
+    with pytest.raises(LatentStatsError, match="tokenizer T"):
+        require_same([0.5], [1.9], tokenizer, "world model W", "tokenizer T")                  # other channel count
+
+
 def _write_shard(path, samples: dict[str, dict[str, bytes]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tar_archive([tar_members([(f"{key}.{ext}", data) for ext, data in files.items()])

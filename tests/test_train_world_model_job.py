@@ -200,7 +200,8 @@ def test_two_workers_resume_after_a_failure_with_the_uninterrupted_losses(two_wo
     ({"flow": {"p_scratch": 0.5}}, "p_scratch + p_context + p_inpaint: must sum to 1"),
     # the paper's statistics belong to the paper's tokenizer, not to the one that wrote these latents
     ({"flow": {"latent_mean": 0.0, "latent_std": 0.32}},
-     "flow.latent_mean / flow.latent_std: the config's statistics (mean 0, std 0.32) differ from the tokenizer's"),
+     "flow.latent_mean / flow.latent_std: the config normalises latents with mean 0, std 0.32, but the tokenizer "
+     "that wrote"),
     ({"flow": {"latent_mean": 0.0}}, "latent_mean and latent_std: give both, or neither"),
     ({"data": {"scenario": "SCENARIO"}, "model": {"conditioning": {"scenario_dim": 4}}},
      "holds 8-dimensional embeddings, the model takes model.conditioning.scenario_dim = 4"),

@@ -180,3 +180,13 @@ def describe(mean: float | Sequence[float], std: float | Sequence[float]) -> str
         v = list(v)
         return f"[{len(v)} channels, {min(v):.4g}..{max(v):.4g}]"
     return f"mean {one(mean)}, std {one(std)}"
+
+
+def require_same(mean: float | Sequence[float], std: float | Sequence[float], stats: LatentStats, ours: str,
+                 theirs: str) -> None:
+    """Refuse a model whose latent statistics are not its tokenizer's: ``LatentStatsError`` naming both
+    (``ours``: e.g. "world model models:/gaia2-world-model-tiny/3"; ``theirs``: e.g. "tokenizer ...")."""
+    if not same_stats(mean, std, stats):
+        raise LatentStatsError(f"{ours} normalises latents with {describe(mean, std)}, but {theirs} has "
+                               f"{describe(stats.mean, stats.std)} ({stats.source or 'measured'}): a world model "
+                               f"only works with the tokenizer whose latent statistics it was trained on")

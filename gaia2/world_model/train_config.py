@@ -119,7 +119,7 @@ def tiny() -> WorldModelTrainConfig:
     return derived(
         paper(), preset="tiny", model=model_presets.tiny(), precision="fp32",
         flow={"latent_mean": None, "latent_std": None},
-        optim={"lr": 1e-3, "final_lr": 1e-4, "warmup_steps": 20, "ema_decay": 0.99},
+        optim={"lr": 2e-3, "final_lr": 2e-4, "warmup_steps": 20, "ema_decay": 0.99},
         data={"batch_size": 8, "shuffle_buffer": 32, "val_samples": 32},
         schedule={"steps": 300, "log_every": 10, "val_every": 100, "checkpoint_every": 50, "keep_checkpoints": 2},
         workers={"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 2, "strategy": "ddp",

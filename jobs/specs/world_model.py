@@ -35,7 +35,7 @@ class WorldModelSpec(ModelSpec):
     def resolve(self, cfg):
         """The latent statistics, measured on the tokenizer's latents (the shards' ``latent_stats.json``): filled
         in where the config leaves them null, and explicit values that differ from them refused."""
-        from gaia2.flow.stats import STATS_FILE, LatentStatsError, describe, read_stats, same_stats
+        from gaia2.flow.stats import STATS_FILE, LatentStatsError, read_stats, require_same
         from pipelines.world_model.train_data import PRODUCED_BY
 
         self.require_shards(cfg, PRODUCED_BY)
@@ -56,12 +56,11 @@ class WorldModelSpec(ModelSpec):
         if f.measured:
             return cfg.model_copy(update={"flow": f.model_copy(update={"latent_mean": stats.mean,
                                                                        "latent_std": stats.std})})
-        if not same_stats(f.latent_mean, f.latent_std, stats):
-            raise ConfigError(
-                f"flow.latent_mean / flow.latent_std: the config's statistics ({describe(f.latent_mean, f.latent_std)})"
-                f" differ from the tokenizer's, measured on its latents in {shards}/{STATS_FILE} "
-                f"({describe(stats.mean, stats.std)}); a world model must use its tokenizer's statistics: set both "
-                f"to null to use the measured ones")
+        try:
+            require_same(f.latent_mean, f.latent_std, stats, "flow.latent_mean / flow.latent_std: the config",
+                         f"the tokenizer that wrote {shards} ({STATS_FILE})")
+        except LatentStatsError as err:
+            raise ConfigError(f"{err}; set both to null to use the measured ones") from None
         return cfg
 
     def preflight(self, cfg) -> dict:
