@@ -5,8 +5,9 @@ brought to the latent rate: each camera's own frame timestamps (the cameras of a
 synchronous, and rigs differ in rate: paper §2.2.3 "Video Frequency") and the ego action (speed,
 curvature) are averaged over the latent's frames; agent boxes are those of its middle frame (index 4 of
 8); CLIP embeddings, metadata and calibrations are per sample. Samples written before the shards kept
-per-camera frame times (no ``frame_timestamps`` in a camera's json) use the window's grid times for it. The first ``cameras`` cameras of the sample's rig (in its json order)
-are used; boxes are padded or cut to ``max_agents`` slots.
+per-camera frame times (no ``frame_timestamps`` in a camera's json) use the window's grid times for it.
+The first ``cameras`` cameras of the sample's rig (in its json order) are used; boxes are padded or cut
+to ``max_agents`` slots.
 """
 
 from __future__ import annotations
