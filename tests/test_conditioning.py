@@ -310,6 +310,23 @@ def test_dropped_variables_give_exactly_the_null_contribution():
         make_cond(), keep={"scenario": torch.tensor([False, False, False])}).tokens[0])
 
 
+def test_unknown_clip_and_scenario_vectors_are_exactly_dropped_ones():
+    enc = encoder()
+    cond = make_cond()
+    static = 1 + V + N + 1
+    unknown = dict(cond, clip=cond["clip"].clone(), scenario=cond["scenario"].clone())
+    unknown["clip"][1] = float("nan")            # sample 1: no CLIP for any camera
+    unknown["clip"][2, 0] = float("nan")         # sample 2: none for camera 0 only
+    unknown["scenario"][0] = float("nan")        # sample 0: no scenario
+    out = enc(unknown)
+    dropped = enc(cond, keep={"clip": torch.tensor([True, False, True]), "scenario": torch.tensor([False, True, True])})
+    assert torch.equal(out.tokens[:2], dropped.tokens[:2]) and torch.equal(out.mask[:2], dropped.mask[:2])
+    assert torch.isfinite(out.tokens).all()
+    clip_mask = out.mask[2, 0, 1 + V: 1 + V + N]
+    assert clip_mask.tolist() == [False, True] and (out.tokens[2, :, 1 + V] == 0).all()
+    assert torch.equal(out.tokens[2, :, static:], dropped.tokens[2, :, static:])
+
+
 def test_unconditional_encoding_does_not_depend_on_the_inputs():
     enc = encoder()
     keep = enc.unconditional_keep(B)

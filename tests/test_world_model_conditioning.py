@@ -389,13 +389,21 @@ def _no_scenario_vector(i: Inputs) -> None:
     i["cond"]["scenario_valid"] = torch.zeros(len(i["x"]), dtype=torch.bool)
 
 
-ABSENT = [("scenario", _no_scenario), ("scenario", _no_scenario_vector), ("agents", _no_valid_agent),
+def _unknown_clip(i: Inputs) -> None:
+    i["cond"]["clip"][:] = float("nan")
+
+
+def _unknown_scenario(i: Inputs) -> None:
+    i["cond"]["scenario"][:] = float("nan")
+
+
+ABSENT = [("scenario", _no_scenario), ("scenario", _no_scenario_vector), ("scenario", _unknown_scenario),
+          ("clip", _unknown_clip), ("agents", _no_valid_agent),
           ("speed", _unknown_speed), ("curvature", _unknown_curvature),
           *[(k, _unknown(k)) for k in METADATA_KEYS]]
 
 
-@pytest.mark.parametrize("variable, absent", ABSENT, ids=[a[1].__name__.strip("_") if a[0] in ("scenario",)
-                                                          else a[0] for a in ABSENT])
+@pytest.mark.parametrize("variable, absent", ABSENT, ids=[a[1].__name__.strip("_") for a in ABSENT])
 def test_dropped_equals_absent(trained, variable, absent):
     inputs = base_inputs(trained.world)
     dropped = trained.predict(inputs, keep_all_but(variable, dropped=[True, True]))

@@ -15,7 +15,7 @@ curvature, each metadata variable by its vocabulary name, agents, CLIP, scenario
 {name: (B,) bool}, True = conditioned on. Dropped = the component's learned null embedding (speed,
 curvature), id 0 = unknown (a metadata variable), tokens masked out (agents, CLIP, scenario): the same
 values an inference request produces by leaving the variable out (NaN speed / curvature, metadata
-unknown, no agents, no CLIP, no scenario).
+unknown, no valid agent, NaN CLIP rows, no or a NaN scenario).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class ConditioningEncoder(nn.Module):
 
     cond keys: "action" (B, T, 2) float raw speed m/s, curvature 1/m; "agents" (B, T, N, A, 13)
     float (NaN = missing feature); "agents_valid" (B, T, N, A) bool; "metadata" (B, V) long;
-    "clip" (B, N, D_clip) float; optional "scenario" (B, D_scenario) float (absent = dropped),
+    "clip" (B, N, D_clip) float (a camera's row of NaN = unknown = dropped for that camera); optional
+    "scenario" (B, D_scenario) float (absent, or a NaN row = dropped),
     "scenario_valid" (B,) bool (which samples have a scenario vector; absent = all that give one) and
     "camera_valid" (B, N) bool (padding cameras of smaller rigs: their CLIP and agent tokens are
     masked; absent = all valid).
@@ -139,13 +140,15 @@ class ConditioningEncoder(nn.Module):
         action_emb = self.action(action, torch.stack([keep[c] for c in COMPONENTS], 1))      # (B, T, C)
         agent_tok, agent_mask = self.agents(agents, cond["agents_valid"], keep["agents"], camera_valid, generator)
         meta = self.metadata(cond["metadata"], torch.stack([keep[k] for k in METADATA_KEYS], 1))   # (B, V, C)
-        clip_tok = self.clip(clip)                                                           # (B, N, C)
-        clip_mask = keep["clip"][:, None].expand(b, n)
+        clip_known = ~torch.isnan(clip).any(-1)                                              # (B, N)
+        clip_tok = self.clip(clip.nan_to_num(0.0))                                           # (B, N, C)
+        clip_mask = keep["clip"][:, None] & clip_known
         if camera_valid is not None:
             clip_mask = clip_mask & camera_valid
         if "scenario" in cond:
-            scen = self.scenario(cond["scenario"])                                           # (B, 1, C)
-            scen_mask = keep["scenario"][:, None]
+            scenario = cond["scenario"]
+            scen = self.scenario(scenario.nan_to_num(0.0))                                   # (B, 1, C)
+            scen_mask = keep["scenario"][:, None] & ~torch.isnan(scenario).any(-1, keepdim=True)
             valid = cond.get("scenario_valid")
             if valid is not None:
                 if valid.shape != (b,) or valid.dtype != torch.bool:
