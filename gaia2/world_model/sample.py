@@ -24,7 +24,7 @@ class SampleError(ValueError):
     """A latent sample that cannot be turned into world-model inputs (named by its key)."""
 
 
-def _per_latent(values: np.ndarray, steps: int) -> np.ndarray:
+def per_latent(values: np.ndarray, steps: int) -> np.ndarray:
     """(frames, ...) -> (steps, ...): the mean over each latent's frames."""
     return values.reshape(steps, -1, *values.shape[1:]).mean(axis=1)
 
@@ -71,8 +71,8 @@ def world_model_sample(meta: dict, latents: np.ndarray, boxes: np.ndarray, boxes
         times.append(t)
     return {
         "latents": np.ascontiguousarray(latents[:, :cameras], dtype=np.float32),
-        "timestamps": _per_latent(np.stack(times, axis=1), steps).astype(np.float32),
-        "action": _per_latent(action, steps).astype(np.float32),
+        "timestamps": per_latent(np.stack(times, axis=1), steps).astype(np.float32),
+        "action": per_latent(action, steps).astype(np.float32),
         "agents": agents,
         "agents_valid": valid,
         "metadata": np.array([int(meta["metadata"].get(k, 0)) for k in VOCABULARY], np.int64),
