@@ -13,6 +13,7 @@ Every profile is continuous, and ramps keep |acceleration| and the change of cur
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -104,7 +105,7 @@ def _evaluate(kind: str, profiles: dict[str, Profile], name: str, times: np.ndar
     if name not in profiles:
         raise ValueError(f"{kind}.profile: unknown profile {name!r}; choose one of {sorted(profiles)}")
     fn = profiles[name]
-    allowed = fn.__code__.co_varnames[1:fn.__code__.co_argcount]
+    allowed = list(inspect.signature(fn).parameters)[1:]   # after the times
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"{kind}.{unknown[0]}: not a parameter of profile {name!r} (it takes {list(allowed)})")
