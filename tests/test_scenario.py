@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.splits import DataError
-from pipelines.world_model.scenario import check_table, lookup, read_table
+from pipelines.world_model.scenario import check_table, lookup
 
 
 def _write(path, keys, vectors, **columns) -> str:

@@ -92,11 +92,10 @@ def read_stats(directory: str, name: str = STATS_FILE) -> LatentStats | None:
 class ChannelMoments:
     """Running per-channel count, sum and sum of squares (float64), mergeable."""
 
-    def __init__(self, channels: int | None = None) -> None:
+    def __init__(self) -> None:
         self.count = 0
         self.samples = 0
-        self.s1 = None if channels is None else np.zeros(channels)
-        self.s2 = None if channels is None else np.zeros(channels)
+        self.s1 = self.s2 = None   # (L,) float64 once the first latents are added
 
     def add(self, latents: np.ndarray, axis: int = CHANNEL_AXIS) -> "ChannelMoments":
         """Add one sample's latents; ``axis`` is the channel axis (2 for (T, N, L, H, W))."""
