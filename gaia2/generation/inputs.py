@@ -3,8 +3,9 @@
 Conditioning the spec leaves out takes the values training uses for a dropped variable (NaN speed or
 curvature, metadata id 0, no valid agent, NaN CLIP rows, a NaN scenario), so partial specs are in
 distribution. Latents given by a source stay raw here (the sampler normalises them with the model's
-statistics). Output step i is source step i (inpaint, edit) or source step Ts - k + i (rollout from the
-last k latents of a T_s-step source); inherited conditioning is aligned the same way.
+statistics). Output step i is source step i (inpaint, edit, rollout from the first k latents) or source step
+Ts - k + i (rollout continuing after the last k latents of a T_s-step source); inherited conditioning is
+aligned the same way.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def prepare(spec: GenerationSpec, geo: Geometry, sources: Sources | None = None,
             if rig_spec is None:
                 rig_spec = _rig_from_resolved(gen.resolved, None)
     reference = source_sample
-    if spec.reference_sample is not None and (source_sample is None or source_sample.key != spec.reference_sample):
+    if spec.reference_sample is not None and (ref is None or ref.sample != spec.reference_sample):
         reference = sources.sample(spec.reference_sample)
     rig = resolve_rig(rig_spec, geo.frame_hw, geo.cameras, geo.max_cameras,
                       reference.meta if reference is not None else None)
@@ -299,9 +300,9 @@ def prepare(spec: GenerationSpec, geo: Geometry, sources: Sources | None = None,
             raise SpecError(f"duration: {steps} latent steps; a rollout with {k} context steps needs more")
         if k >= geo.window:
             raise SpecError(f"mode.context_steps: {k}, the world model's window is {geo.window} latent steps")
-        offset = ts - k
+        offset = ts - k if mode.context_at == "end" else 0
         given = np.zeros((steps, *source.shape[1:]), np.float32)
-        given[:k] = source[ts - k:]
+        given[:k] = source[offset:offset + k]
         clean[:k] = True
         context = k
     elif mode.kind in ("inpaint", "edit"):

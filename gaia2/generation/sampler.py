@@ -16,7 +16,6 @@ result does not depend on the other requests of its batch, nor on the batch size
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np

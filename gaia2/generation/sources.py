@@ -100,7 +100,20 @@ class LatentShards:
         return sorted(k for k, tar in self._where.items()
                       if split is None or os.path.basename(os.path.dirname(tar)) == split)
 
+    def resolve(self, key: str) -> str:
+        """A key, or ``@SPLIT:I``: the I-th key (sorted) of split SPLIT (``@val:0``, for examples that must work
+        on any build)."""
+        if not key.startswith("@"):
+            return key
+        split, _, index = key[1:].partition(":")
+        keys = self.keys(split)
+        if not index.isdigit() or int(index) >= len(keys):
+            raise SpecError(f"sample {key!r}: expected @SPLIT:INDEX with INDEX below {len(keys)} "
+                            f"(the samples of split {split!r} in {self.root!r})")
+        return keys[int(index)]
+
     def __call__(self, key: str) -> SourceSample:
+        key = self.resolve(key)
         tar = self._where.get(key)
         if tar is None:
             raise SpecError(f"sample {key!r}: not in the latent shards at {self.root!r}")

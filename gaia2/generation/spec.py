@@ -269,7 +269,9 @@ class Scratch(StrictModel):
 class Rollout(StrictModel):
     kind: Literal["rollout"]
     context: SourceRef
-    context_steps: int = Field(3, ge=1, description="k: context latents (the last k of the source)")
+    context_steps: int = Field(3, ge=1, description="k: context latents")
+    context_at: Literal["end", "start"] = Field("end", description="continue after the source's last k latents, "
+                                                                   "or regenerate it from its first k")
 
 
 class Inpaint(StrictModel):
@@ -412,3 +414,20 @@ def steps_for(duration: Duration, frame_rate: float, temporal_factor: int) -> in
     if duration.latent_steps is not None:
         return duration.latent_steps
     return max(1, math.ceil(duration.seconds * frame_rate / temporal_factor - 1e-9))
+
+
+def spec_for_sample(key: str, latent_steps: int, mode: str = "scratch", seed: int = 0, tau_start: float = 0.5,
+                    context_steps: int = 3, sampler_steps: int = 50,
+                    variables: tuple[str, ...] = ("action", "agents", "metadata", "clip")) -> GenerationSpec:
+    """A spec that regenerates shard sample ``key`` under its own recorded conditioning (``variables``): from
+    scratch on its rig, rolled out from its first ``context_steps`` latents, or edited from ``tau_start``. What
+    the batch job runs per sample of a split, and what evaluation compares with the real video."""
+    if mode not in MODES or mode == "inpaint":
+        raise SpecError(f"mode: {mode!r}; a sample's own conditioning regenerates it by scratch, rollout or edit")
+    ref = {"sample": key}
+    modes = {"scratch": {"kind": "scratch"},
+             "rollout": {"kind": "rollout", "context": ref, "context_steps": context_steps, "context_at": "start"},
+             "edit": {"kind": "edit", "source": ref, "tau_start": tau_start}}
+    data = {"name": key, "rig": {"sample": key}, "duration": {"latent_steps": latent_steps},
+            "inherit": list(variables), "mode": modes[mode], "sampler": {"steps": sampler_steps, "seed": seed}}
+    return parse_spec(data, f"sample {key!r}")
