@@ -129,7 +129,7 @@ def _clip(spec: ClipSpec | None, names: tuple[str, ...], dim: int, encode: ClipE
         per_camera(spec.vector, "vector", vector)
         return out
     if encode is None:
-        raise SpecError(f"{where}: a CLIP {'text' if spec.text else 'image'} needs a CLIP model "
+        raise SpecError(f"{where}.{'text' if spec.text else 'image'}: needs a CLIP model "
                         "(the generator was given none: pass --clip DIR)")
     if spec.text is not None:
         out[:] = vector(encode("text", spec.text), "text")

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gaia2.conditioning.encoder import VARIABLES
-from gaia2.config.base import StrictModel, format_validation_error
+from gaia2.config.base import StrictModel
 from gaia2.generation.actions import CURVATURE_PROFILES, SPEED_PROFILES
 from gaia2.schema.metadata import AGENT_CATEGORIES, METADATA_KEYS, UNKNOWN, VocabularyError, encode_metadata
 
@@ -42,7 +43,7 @@ class SpecError(ValueError):
 def _exactly_one(model: StrictModel, names: tuple[str, ...], what: str) -> None:
     given = [n for n in names if getattr(model, n) is not None]
     if len(given) != 1:
-        raise ValueError(f"{what}: give exactly one of {list(names)} (got {given or 'none'})")
+        raise ValueError(f"give exactly one of {list(names)} (got {given or 'none'})")
 
 
 # ----------------------------------------------------------------------------------------------- the rig
@@ -395,7 +396,31 @@ def parse_spec(data: Any, where: str = "spec") -> GenerationSpec:
     try:
         return GenerationSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{where}: {format_validation_error(err)}") from None
+        raise SpecError(f"{where}: {describe_errors(err)}") from None
+
+
+_SUBFIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+
+
+def describe_errors(err: ValidationError) -> str:
+    """Pydantic's errors as "field.path: message" lines joined by "; ", a validator's own field prefix merged
+    into the path (``metadata`` + "weather: unknown value" -> "metadata.weather: unknown value")."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        if len(loc) >= 2 and loc[0] == "mode" and loc[1] in MODES:
+            del loc[1]   # the discriminated union's branch name
+        msg = e["msg"].removeprefix("Value error, ")
+        m = _SUBFIELD.match(msg)
+        if m:
+            sub = m.group(1)
+            if loc and (sub == loc[-1] or sub.startswith(loc[-1] + ".")):
+                loc = loc[:-1]
+            loc, msg = [*loc, sub], msg[m.end():]
+        field = ".".join(loc) or "(root)"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+        lines.append(f"{field}: {msg}{got}")
+    return "; ".join(lines)
 
 
 def load_spec(path: str) -> GenerationSpec:
