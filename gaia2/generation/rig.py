@@ -58,7 +58,8 @@ def _select(names: list[str], views: list[str] | None, count: int, where: str) -
 
 def resolve_rig(spec: RigSpec | None, out_hw: tuple[int, int], cameras: int, max_cameras: int,
                 sample_meta: dict | None = None) -> ResolvedRig:
-    """``spec`` (or, when None, the rig of ``sample_meta``, a shard sample's json) -> the generated cameras.
+    """``spec`` (or, when None, the rig of ``sample_meta``, a shard sample's json) -> the generated cameras:
+    ``views`` when given, else every explicit camera, else the first ``cameras`` of a named rig or a sample.
 
     out_hw: the generated frame size (height, width); cameras: how many the world model takes by default;
     max_cameras: the most its conditioning accepts.
@@ -82,7 +83,7 @@ def resolve_rig(spec: RigSpec | None, out_hw: tuple[int, int], cameras: int, max
                                tuple(models), offsets)
     elif spec is not None and spec.cameras is not None:
         names = [c.name for c in spec.cameras]
-        idx = _select(names, spec.views, cameras, "rig.cameras")
+        idx = _select(names, spec.views, len(names), "rig.cameras")   # cameras listed are cameras wanted
         models = []
         for i in idx:
             c = spec.cameras[i]

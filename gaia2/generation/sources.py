@@ -169,6 +169,6 @@ class LocalSources(Sources):
 
         try:
             with Image.open(self._path(ref)) as img:
-                return np.asarray(img.convert("RGB"))
+                return np.array(img.convert("RGB"))
         except (OSError, UnidentifiedImageError) as err:
             raise SpecError(f"clip.image {ref!r}: cannot read the image ({err})") from None
