@@ -5,7 +5,9 @@
    weights exported and registered in MLflow;
 3. the shards encoded into latent shards with that tokenizer (``gaia2 encode-latents``);
 4. the tiny world model trained on those latents with flow matching (``gaia2 train world-model``),
-   its EMA weights exported and registered in MLflow.
+   its EMA weights exported and registered in MLflow;
+5. one generation per inference mode from those models (``examples/generation/{scratch,rollout,inpaint,edit}
+   .yaml``, as ``gaia2 generate --spec`` runs them), into ``<workdir>/generations/<mode>/``.
 
 No pretrained weights can be assumed on a fresh machine. Unless GAIA2_CLIP_PATH, GAIA2_DINO_PATH and
 GAIA2_TORCH_HOME name real ones (a CLIP vision model, a DINOv2 model, a torch home caching the LPIPS
@@ -21,6 +23,9 @@ from pydantic import Field
 
 from gaia2.config.base import StrictModel, build_config
 from jobs.options import Alias, Command
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "generation")
+MODES = ("scratch", "rollout", "inpaint", "edit")
 
 
 def pretrained_networks(work: str) -> dict[str, str]:
@@ -57,6 +62,7 @@ class QuickstartConfig(StrictModel):
     tokenizer_steps: int = Field(200, ge=1, description="tokenizer main-stage steps (about 4 minutes on 2 cores; "
                                                         "the tiny preset has 300)")
     world_model_steps: int = Field(300, ge=1, description="world-model steps (the tiny preset's 300, about 3 minutes)")
+    generation_steps: int = Field(50, ge=1, description="denoising steps of each example generation (the paper's 50)")
 
 
 def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None
@@ -79,32 +85,36 @@ def run(cfg: QuickstartConfig) -> str:
     shards, latents = os.path.join(work, "shards"), os.path.join(work, "latents")
     lines = []
 
-    print("[quickstart] 1/4 building shards")
+    print("[quickstart] 1/5 building shards")
     result, run_id = build_shards.run(build_shards.load_config("tiny", overrides={
         "seed": cfg.seed, "embedding": {"clip_path": pretrained["clip"]},
         "job": {"source": clips, "out": shards, "workdir": work}}))
     lines.append(build_shards.summary(result, run_id, work))
 
-    print("[quickstart] 2/4 training the tiny tokenizer (Ray Train; main stage, then the decoder's GAN fine-tune)")
+    print("[quickstart] 2/5 training the tiny tokenizer (Ray Train; main stage, then the decoder's GAN fine-tune)")
     spec = SPECS["tokenizer"]
     outcome = train_driver.run(spec, spec.build_config("tiny", overrides={
         "seed": cfg.seed, "data": {"shards": shards}, "schedule": {"steps": cfg.tokenizer_steps},
         "loss": {"dino_path": pretrained["dino"], "lpips_torch_home": pretrained["torch_home"]},
         "job": {"name": "tokenizer-quickstart", "workdir": work}}))
     lines.append(train_driver.summary(spec, outcome, work))
+    tokenizer_outcome = outcome
 
-    print("[quickstart] 3/4 encoding the shards into latent shards")
+    print("[quickstart] 3/5 encoding the shards into latent shards")
     result, run_id = encode_latents.run(encode_latents.load_config("tiny", overrides={
         "seed": cfg.seed, "job": {"shards": shards, "tokenizer": f"models:/{outcome.model_name}@candidate",
                                   "out": latents, "workdir": work}}))
     lines.append(encode_latents.summary(result, run_id, work))
 
-    print("[quickstart] 4/4 training the tiny world model on the latents (Ray Train, flow matching)")
+    print("[quickstart] 4/5 training the tiny world model on the latents (Ray Train, flow matching)")
     spec = SPECS["world-model"]
     outcome = train_driver.run(spec, spec.build_config("tiny", overrides={
         "seed": cfg.seed, "data": {"shards": latents}, "schedule": {"steps": cfg.world_model_steps},
         "job": {"name": "world-model-quickstart", "workdir": work}}))
     lines.append(train_driver.summary(spec, outcome, work))
+    print("[quickstart] 5/5 generating one video per inference mode with the trained models")
+    lines.append(generations(work, outcome.export_dir, tokenizer_outcome.export_dir, latents, pretrained["clip"],
+                             cfg.generation_steps))
     if "val_improvement" in outcome.metrics:
         lines.append(f"world model: validation improvement {outcome.metrics['val_improvement']:.3f} over the "
                      f"constant-velocity baseline (1 - flow loss {outcome.metrics['val_loss']:.4f} / baseline "
@@ -113,11 +123,34 @@ def run(cfg: QuickstartConfig) -> str:
     return "\n\n".join(lines)
 
 
+def generations(work: str, world_model: str, tokenizer: str, latents: str, clip: str, steps: int) -> str:
+    """The example spec of every mode, generated with these models into ``<work>/generations/<mode>/``; the
+    summary says where the videos are."""
+    from gaia2.generation.generator import Generator
+    from gaia2.generation.sources import LocalSources
+    from gaia2.generation.spec import load_spec
+
+    gen = Generator.from_dirs(world_model, tokenizer, clip=clip)
+    sources = LocalSources(latents=latents, base_dir=EXAMPLES)
+    lines = [f"generations (examples/generation/<mode>.yaml, {steps} denoising steps each):"]
+    for mode in MODES:
+        spec = load_spec(os.path.join(EXAMPLES, f"{mode}.yaml"))
+        spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"steps": steps})})
+        result = gen.generate(spec, sources)
+        out = os.path.join(work, "generations", mode)
+        paths = result.write(out)
+        r = result.request
+        lines.append(f"  {mode:<8} {paths['video']}  ({r.frames} frames at {r.rig.frame_rate:g} Hz, "
+                     f"{len(r.rig.names)} cameras in {out}/cameras/)")
+    return "\n".join(lines)
+
+
 COMMAND = Command(
     prog="gaia2 quickstart", description="the local pipeline end to end on synthetic data",
     aliases=(Alias("--workdir", "workdir", "where everything goes"), Alias("--clips", "clips", "synthetic clips", int),
              Alias("--seed", "seed", "seed of every stage", int),
              Alias("--tokenizer-steps", "tokenizer_steps", "tokenizer main-stage steps", int),
-             Alias("--world-model-steps", "world_model_steps", "world-model steps", int)),
+             Alias("--world-model-steps", "world_model_steps", "world-model steps", int),
+             Alias("--generation-steps", "generation_steps", "denoising steps per example generation", int)),
     presets=("tiny",), build=load_config, work=run,
     input_errors=())
