@@ -8,6 +8,7 @@
     gaia2 encode-latents --shards DIR --tokenizer DIR --out DIR   latent shards for world-model training
     gaia2 latents stats DIR [--split train] [--tokenizer URI]     measure existing latent shards' statistics
     gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
+    gaia2 generate --spec FILE --out DIR [--world-model URI]      videos from a spec (--specs DIR: many, a Ray job)
     gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
                                                    shards -> tokenizer -> latent shards -> world model
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
@@ -129,6 +130,11 @@ def parser() -> argparse.ArgumentParser:
         t = d.add_parser(name, help=what)
         t.add_argument("--preset", default="paper")
         t.set_defaults(fn=_describe)
+
+    from jobs import generate
+
+    _add_command(sub, "generate", "generate driving videos from specs (one here, or many as a Ray job)",
+                 generate.COMMAND)
 
     from jobs import quickstart
 

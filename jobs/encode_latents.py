@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 from typing import Sequence
-from urllib.parse import urlparse
 
 from pydantic import Field
 
@@ -69,48 +68,27 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
 
 
 def resolve_tokenizer(uri: str, workdir: str, download_to: str | None = None) -> str:
-    """A tokenizer reference -> a local directory to load it from: a local path, a ``file://`` URI, or an
-    MLflow model URI (``models:/gaia2-tokenizer-tiny@candidate``, ``models:/NAME/VERSION``, ``runs:/ID/tokenizer``)
-    downloaded from the tracking store of ``workdir`` (or ``MLFLOW_TRACKING_URI``) into ``download_to``
-    (give a directory every node sees, e.g. under the output: the encoder actors load it from there)."""
-    scheme = urlparse(uri).scheme
-    if scheme in ("models", "runs"):
-        import mlflow
+    """A tokenizer reference (a directory, ``file://``, ``models:/`` or ``runs:/`` URI) -> a local directory
+    (``jobs.registry.resolve_model``); raises ``LatentInputError``."""
+    from jobs.registry import ModelInputError, resolve_model
 
-        from jobs.registry import resolve_model_uri
-        from jobs.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri(workdir))
-        try:
-            return resolve_model_uri(uri, download_to)
-        except mlflow.exceptions.MlflowException as err:
-            raise LatentInputError(f"tokenizer {uri!r}: {str(err).splitlines()[0]}") from None
-    if scheme not in ("", "file"):
-        raise LatentInputError(f"tokenizer {uri!r}: {scheme}: URIs are not supported; give a local directory "
-                               f"written by save_tokenizer or an MLflow models:/ or runs:/ URI")
-    path = uri.removeprefix("file://")
-    if not os.path.isdir(path):
-        raise LatentInputError(f"tokenizer {uri!r}: not a directory (expected one written by save_tokenizer)")
-    return os.path.abspath(path)
+    try:
+        return resolve_model(uri, workdir, "tokenizer", download_to)
+    except ModelInputError as err:
+        raise LatentInputError(str(err)) from None
 
 
 def registered_version(uri: str, workdir: str) -> str | None:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> "models:/NAME/VERSION", the version the alias names
-    now (so the job downloads and records its statistics on one version, even if the alias moves meanwhile);
-    None for a directory or ``runs:/`` URI. Raises ``LatentInputError`` if the registry has no such version."""
-    if not uri.startswith("models:/"):
-        return None
-    import mlflow
+    now (``jobs.registry.registered_version``); None for a directory or ``runs:/`` URI. Raises
+    ``LatentInputError`` if the registry has no such version."""
+    from jobs.registry import ModelInputError
+    from jobs.registry import registered_version as version_of
 
-    from jobs.registry import model_version_of
-    from jobs.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri(workdir))
     try:
-        name, version = model_version_of(uri)
-    except (mlflow.exceptions.MlflowException, ValueError) as err:
-        raise LatentInputError(f"tokenizer {uri!r}: {str(err).splitlines()[0]}") from None
-    return f"models:/{name}/{version}"
+        return version_of(uri, workdir, "tokenizer")
+    except ModelInputError as err:
+        raise LatentInputError(str(err)) from None
 
 
 def log_stats(stats, out_dir: str) -> None:

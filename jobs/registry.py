@@ -95,6 +95,62 @@ def resolve_model_uri(uri: str, download_to: str | None = None) -> str:
     return data
 
 
+class ModelInputError(ValueError):
+    """A model reference that cannot be used: a missing directory, an unknown registered model or version, an
+    unsupported URI; names the model and why."""
+
+
+# What writes each kind of model, named when a directory is not one of its kind.
+SAVERS = {"tokenizer": "save_tokenizer", "world model": "save_world_model"}
+
+
+def resolve_model(uri: str, workdir: str, what: str, download_to: str | None = None) -> str:
+    """A model reference -> a local directory to load it from: a local path, a ``file://`` URI, or an MLflow model
+    URI (``models:/gaia2-tokenizer-tiny@candidate``, ``models:/NAME/VERSION``, ``runs:/ID/tokenizer``) downloaded
+    from the tracking store of ``workdir`` (or ``MLFLOW_TRACKING_URI``) into ``download_to`` (give a directory every
+    node sees, e.g. under the job's output: Ray actors load the model from there). ``what`` ("tokenizer",
+    "world model") names the model in errors (``ModelInputError``)."""
+    from urllib.parse import urlparse
+
+    saver = SAVERS.get(what, "save_pretrained")
+    scheme = urlparse(uri).scheme
+    if scheme in ("models", "runs"):
+        import mlflow
+
+        from jobs.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(workdir))
+        try:
+            return resolve_model_uri(uri, download_to)
+        except (mlflow.exceptions.MlflowException, ValueError) as err:   # ValueError: not a gaia2 model
+            raise ModelInputError(f"{what} {uri!r}: {str(err).splitlines()[0]}") from None
+    if scheme not in ("", "file"):
+        raise ModelInputError(f"{what} {uri!r}: {scheme}: URIs are not supported; give a local directory written "
+                              f"by {saver} or an MLflow models:/ or runs:/ URI")
+    path = uri.removeprefix("file://")
+    if not os.path.isdir(path):
+        raise ModelInputError(f"{what} {uri!r}: not a directory (expected one written by {saver})")
+    return os.path.abspath(path)
+
+
+def registered_version(uri: str, workdir: str, what: str) -> str | None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> "models:/NAME/VERSION", the version the alias names
+    now (so a job downloads and records on one version, even if the alias moves meanwhile); None for a directory
+    or ``runs:/`` URI. Raises ``ModelInputError`` (naming ``what``) if the registry has no such version."""
+    if not uri.startswith("models:/"):
+        return None
+    import mlflow
+
+    from jobs.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(workdir))
+    try:
+        name, version = model_version_of(uri)
+    except (mlflow.exceptions.MlflowException, ValueError) as err:
+        raise ModelInputError(f"{what} {uri!r}: {str(err).splitlines()[0]}") from None
+    return f"models:/{name}/{version}"
+
+
 # Tags of a registered tokenizer version holding the statistics of its latents (gaia2.flow.stats); generation
 # compares them with a world model's (gaia2.flow.stats.require_same) before pairing the two.
 STATS_TAGS = {"mean": "gaia2.latent_mean", "std": "gaia2.latent_std", "count": "gaia2.latent_stats_count",
