@@ -124,24 +124,18 @@ def run(cfg: QuickstartConfig) -> str:
 
 
 def generations(work: str, world_model: str, tokenizer: str, latents: str, clip: str, steps: int) -> str:
-    """The example spec of every mode, generated with these models into ``<work>/generations/<mode>/``; the
-    summary says where the videos are."""
-    from gaia2.generation.generator import Generator
-    from gaia2.generation.sources import LocalSources
-    from gaia2.generation.spec import load_spec
+    """The example spec of every mode generated with these models, each as ``gaia2 generate --spec`` runs it, into
+    ``<work>/generations/<mode>/``; the summary says where the videos are."""
+    from jobs import generate
 
-    gen = Generator.from_dirs(world_model, tokenizer, clip=clip)
-    sources = LocalSources(latents=latents, base_dir=EXAMPLES)
     lines = [f"generations (examples/generation/<mode>.yaml, {steps} denoising steps each):"]
     for mode in MODES:
-        spec = load_spec(os.path.join(EXAMPLES, f"{mode}.yaml"))
-        spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"steps": steps})})
-        result = gen.generate(spec, sources)
         out = os.path.join(work, "generations", mode)
-        paths = result.write(out)
-        r = result.request
-        lines.append(f"  {mode:<8} {paths['video']}  ({r.frames} frames at {r.rig.frame_rate:g} Hz, "
-                     f"{len(r.rig.names)} cameras in {out}/cameras/)")
+        summary = generate.run_local(generate.load_config("tiny", overrides={"job": {
+            "spec": os.path.join(EXAMPLES, f"{mode}.yaml"), "out": out, "world_model": world_model,
+            "tokenizer": tokenizer, "latents": latents, "clip": clip, "sampler_steps": steps, "workdir": work}}))
+        what = summary.splitlines()[0].split(out, 1)[-1].strip()   # "(mode, steps = frames at rate, cameras) in s"
+        lines.append(f"  {mode:<8} {os.path.join(out, 'video.mp4')}  {what}")
     return "\n".join(lines)
 
 
