@@ -114,3 +114,26 @@ def test_rollout_from_a_previous_generation_takes_its_rig_and_latents(gen, tmp_p
     assert request.rig.names == ("front", "rear") and request.rig.frame_rate == 20.0
     out = gen.sample([request])[0]
     assert np.array_equal(out[:2], first.latents[1:]) and out.shape[0] == 8
+
+
+def test_every_example_spec_prepares_against_real_latent_shards(gen, latent_shards):
+    import glob
+    import os
+
+    from gaia2.generation.spec import load_spec
+
+    examples = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "generation", "*.yaml")))
+    assert {os.path.basename(p) for p in examples} >= {"scratch.yaml", "rollout.yaml", "inpaint.yaml", "edit.yaml",
+                                                       "lead_vehicle_brake.yaml", "cut_in.yaml"}
+    sources = LocalSources(latents=latent_shards)
+    modes = set()
+    for path in examples:
+        spec = load_spec(path)
+        request = gen.prepare(spec, sources)
+        modes.add(spec.mode.kind)
+        assert request.steps >= 1 and len(request.rig.names) == 5, path
+        if spec.mode.kind == "inpaint":
+            assert (~request.clean).any() and request.clean.any(), path   # the van's box covers some tokens
+        if spec.guidance.selective:
+            assert request.guidance_cells.any(), path
+    assert modes == {"scratch", "rollout", "inpaint", "edit"}
