@@ -121,7 +121,7 @@ class EgoMotionConfig:
     min_change: float = 6.0               # grey-level change between the two frames a ground pixel needs to
                                           # vote on speed (frozen compressed blocks do not)
     cauchy_scale: float = 4.0             # grey levels (of the band-passed frames)
-    max_pixels: int = 250                 # voting pixels per camera, frame pair and kind (ground / above), thinned evenly
+    max_pixels: int = 250                 # voting pixels per camera, pair and kind (ground / above), thinned
     blur_px: float = 0.8                  # Gaussian blur of the working frames, pixels at 64 rows (scaled with h)
     highpass_px: float = 4.0              # minus a Gaussian blur of this many pixels at 64 rows (0: off)
     min_speed_mps: float = 1.0            # below this the curvature yaw_rate / speed is NaN
@@ -155,7 +155,8 @@ class EgoMotionEstimate:
 
     speed: m/s (metric through the cameras' height above the ground); yaw_rate: rad/s, left positive;
     curvature = yaw_rate / speed in 1/m, NaN where speed < ``min_speed_mps``. Clip values are the
-    means over chunks, weighted by their number of frame steps.
+    means over chunks, weighted by their number of frame steps. Video that shows no motion (static, or
+    blank) reads as standing still: speed 0, yaw rate 0.
     """
     speed: float
     yaw_rate: float
@@ -184,7 +185,7 @@ class _View:
     grey: np.ndarray          # (T, h, w) float32, contrast-stretched, band-passed
     grad: np.ndarray          # (T, h * w) float32 gradient magnitude
     intr: np.ndarray          # (4,)
-    dist: np.ndarray          # (5,)
+    dist: np.ndarray          # (5,) float32, so that projecting float32 points stays float32
     rot: np.ndarray           # (3, 3) camera -> ego
     centre: np.ndarray        # (3,) ego frame
     r_max: float              # largest normalised radius the image reaches (distortion is monotonic up to it)
@@ -233,7 +234,7 @@ def _view(frames: np.ndarray, calib: CameraCalibration, cfg: EgoMotionConfig) ->
     ground = np.flatnonzero((-ray[:, 2] > math.sin(math.radians(cfg.min_depression_deg)))
                             & (rng < cfg.max_ground_range_m))
     far = np.flatnonzero(ray[:, 2] > -math.sin(math.radians(1.0)))
-    return _View(grey, grad.reshape(len(g), -1), intr, calib.distortion, rot, centre, r_max, ground,
+    return _View(grey, grad.reshape(len(g), -1), intr, calib.distortion.astype(np.float32), rot, centre, r_max, ground,
                  pts[ground, :2], far, ray[far])
 
 
@@ -256,7 +257,7 @@ def _to_pixels(view: _View, x_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     zs = np.where(ok, z, 1.0)
     x, y = x_cam[..., 0] / zs, x_cam[..., 1] / zs
     ok &= x * x + y * y < view.r_max ** 2        # beyond it the distortion polynomial folds back
-    xy = distort(np.stack([x, y], axis=-1), view.dist)
+    xy = distort(np.stack([np.where(ok, x, 0), np.where(ok, y, 0)], axis=-1), view.dist)
     u = (xy[..., 0] * view.intr[0] + view.intr[2]).astype(np.float32)
     v = (xy[..., 1] * view.intr[1] + view.intr[3]).astype(np.float32)
     h, w = view.hw
@@ -366,8 +367,10 @@ def _cost(views: list[_View], pairs: list[tuple[int, int]], rate: float, speed: 
     return np.where(cams > 0, total / np.maximum(cams, 1), np.inf)
 
 
-def _best(grid: np.ndarray, cost: np.ndarray) -> float:
-    """Grid minimum, refined by a parabola through it and its neighbours."""
+def _best(grid: np.ndarray, cost: np.ndarray, default: float) -> float:
+    """Grid minimum, refined by a parabola through it and its neighbours; ``default`` if no candidate was judged."""
+    if not np.isfinite(cost).any():
+        return default
     k = int(np.argmin(cost))
     if 0 < k < len(grid) - 1 and np.all(np.isfinite(cost[k - 1:k + 2])):
         c0, c1, c2 = cost[k - 1:k + 2]
@@ -379,16 +382,20 @@ def _best(grid: np.ndarray, cost: np.ndarray) -> float:
 
 def _fit_chunk(views: list[_View], pairs: list[tuple[int, int]], rate: float,
                cfg: EgoMotionConfig) -> tuple[float, float]:
-    """(speed m/s, yaw rate rad/s) of one chunk: coarse then local grids on each parameter in turn."""
+    """(speed m/s, yaw rate rad/s) of one chunk: coarse then local grids on each parameter in turn.
+
+    Video that shows no motion reads as standing still: no textured ground pixel that changed gives speed 0,
+    no textured pixel at all yaw rate 0 (a blank generation is not "unknown", it does not move).
+    """
     speeds = np.arange(0.0, cfg.max_speed_mps + 1e-9, cfg.speed_step_mps)
     yaws = np.arange(-cfg.max_yaw_rate, cfg.max_yaw_rate + 1e-9, cfg.yaw_step)
-    v = _best(speeds, _cost(views, pairs, rate, speeds, np.zeros_like(speeds), cfg, for_speed=True))
-    w = _best(yaws, _cost(views, pairs, rate, np.full_like(yaws, v), yaws, cfg, for_speed=False))
+    v = _best(speeds, _cost(views, pairs, rate, speeds, np.zeros_like(speeds), cfg, for_speed=True), 0.0)
+    w = _best(yaws, _cost(views, pairs, rate, np.full_like(yaws, v), yaws, cfg, for_speed=False), 0.0)
     local = np.linspace(-1.0, 1.0, 9)
     speeds = np.clip(v + local * cfg.speed_step_mps, 0.0, None)
-    v = max(0.0, _best(speeds, _cost(views, pairs, rate, speeds, np.full_like(speeds, w), cfg, for_speed=True)))
+    v = max(0.0, _best(speeds, _cost(views, pairs, rate, speeds, np.full_like(speeds, w), cfg, for_speed=True), v))
     yaws = w + local * cfg.yaw_step
-    w = _best(yaws, _cost(views, pairs, rate, np.full_like(yaws, v), yaws, cfg, for_speed=False))
+    w = _best(yaws, _cost(views, pairs, rate, np.full_like(yaws, v), yaws, cfg, for_speed=False), w)
     return v, w
 
 
@@ -411,7 +418,8 @@ def _check_inputs(videos: Mapping[str, np.ndarray], cameras: Mapping[str, Camera
     for name, frames in videos.items():
         arr = np.asarray(frames)
         if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ValueError(f"estimate_ego_motion: camera {name!r}: expected frames (T, H, W, 3), got shape {arr.shape}")
+            raise ValueError(f"estimate_ego_motion: camera {name!r}: expected frames (T, H, W, 3), "
+                             f"got shape {arr.shape}")
         if arr.dtype != np.uint8:
             raise ValueError(f"estimate_ego_motion: camera {name!r}: expected uint8 frames, got {arr.dtype}")
         if arr.shape[1] < 8 or arr.shape[2] < 8:
