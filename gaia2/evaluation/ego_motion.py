@@ -31,8 +31,9 @@ Frames are grey, contrast-stretched per camera and clip, and band-passed: the hi
 put in the image whatever the motion (vignetting, headlight pools, sky gradients), which would vote for
 "standing still". Search is a coarse grid then a local grid on each parameter in turn, with a parabola
 through the best three costs. Frames smaller than ``min_work_height`` rows are upsampled (intrinsics
-follow); 64 x 128 shard video and 32 x 64 frames both work, heavily blurred video (the quickstart's tiny
-tokenizer's reconstructions) does not: there is too little left that moves (see benchmarks/ego_motion.py).
+follow); 64 x 128 shard video and 32 x 64 frames both work (Gaussian blur of 1.5 px at 32 x 64 too), the
+quickstart's tiny tokenizer's reconstructions do not: besides the blur they hold each 8-frame latent nearly
+still and jump between latents, so there is little left that moves (see benchmarks/ego_motion.py).
 
 Speed is metric when the calibration is right (median error ~6% on shard video), with a small upward
 bias (~1 m/s) below ~8 m/s: moving agents and noise are among the pixels that change.
