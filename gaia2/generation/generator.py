@@ -42,10 +42,11 @@ class Result:
 class Generator:
     def __init__(self, world_model: WorldModel, tokenizer: Tokenizer | None, latent_mean, latent_std,
                  device: str | torch.device = "cpu", precision: str = "fp32", clip: str | None = None,
-                 models: dict | None = None) -> None:
+                 models: dict | None = None, factors: tuple[int, int] | None = None) -> None:
         """``latent_mean`` / ``latent_std``: the statistics the world model was trained with (scalars or per
         channel); ``clip``: a CLIP checkpoint directory for text prompts and images (loaded when first used);
-        ``models``: how the models were found, recorded in every resolved spec."""
+        ``models``: how the models were found, recorded in every resolved spec; ``factors``: the tokenizer's
+        (temporal, spatial) factors when it decodes elsewhere (``tokenizer`` None)."""
         self.device = torch.device(device)
         self.world_model = world_model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval() if tokenizer is not None else None
@@ -53,8 +54,9 @@ class Generator:
         if tokenizer is not None and tokenizer.cfg.latent_dim != cfg.latent_dim:
             raise ValueError(f"Generator: the tokenizer's latents have {tokenizer.cfg.latent_dim} channels, the world "
                              f"model's {cfg.latent_dim}")
-        tf = tokenizer.cfg.temporal_factor if tokenizer is not None else 8
-        sf = tokenizer.cfg.spatial_factor if tokenizer is not None else 8
+        tf, sf = factors or (8, 8)
+        if tokenizer is not None:
+            tf, sf = tokenizer.cfg.temporal_factor, tokenizer.cfg.spatial_factor
         c = cfg.conditioning
         self.geometry = Geometry(window=cfg.latent_steps, cameras=cfg.cameras, max_cameras=c.max_cameras,
                                  latent_dim=cfg.latent_dim, grid_hw=(cfg.height, cfg.width), max_agents=c.max_agents,
@@ -68,11 +70,14 @@ class Generator:
 
     @classmethod
     def from_dirs(cls, world_model: str, tokenizer: str | None, device: str | torch.device | None = None,
-                  precision: str = "fp32", clip: str | None = None, models: dict | None = None) -> "Generator":
+                  precision: str = "fp32", clip: str | None = None, models: dict | None = None,
+                  decode: bool = True) -> "Generator":
         """Export directories (``save_world_model`` / ``save_tokenizer``) -> a Generator; the statistics come from
-        the world model's config.json."""
+        the world model's config.json. ``decode=False``: the tokenizer's config only (its frame geometry), not its
+        weights, for a generator whose latents are decoded elsewhere."""
         from gaia2.export import read_meta
-        from gaia2.tokenizer.export import load_tokenizer
+        from gaia2.tokenizer.config import TokenizerConfig
+        from gaia2.tokenizer.export import FORMAT as TOKENIZER, load_tokenizer
         from gaia2.world_model.export import FORMAT, load_world_model
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,9 +86,14 @@ class Generator:
             raise ValueError(f"world model {world_model!r}: its config.json records no latent_mean / latent_std "
                              "(export it with the training job, which stores the statistics it trained with)")
         wm = load_world_model(world_model, device)
-        tok = load_tokenizer(tokenizer, device) if tokenizer else None
+        tok, factors = None, None
+        if tokenizer and decode:
+            tok = load_tokenizer(tokenizer, device)
+        elif tokenizer:
+            tcfg = TokenizerConfig.model_validate(read_meta(tokenizer, TOKENIZER)["config"])
+            factors = (tcfg.temporal_factor, tcfg.spatial_factor)
         info = {"world_model": world_model, "tokenizer": tokenizer, **(models or {})}
-        return cls(wm, tok, meta["latent_mean"], meta["latent_std"], device, precision, clip, info)
+        return cls(wm, tok, meta["latent_mean"], meta["latent_std"], device, precision, clip, info, factors)
 
     # ------------------------------------------------------------------------------------------- CLIP
     def encode_clip(self, kind: str, value) -> np.ndarray:

@@ -31,7 +31,7 @@ def decode_latents(tokenizer: torch.nn.Module, latents: np.ndarray, device: str 
                    cameras_per_call: int | None = None) -> np.ndarray:
     """Raw latents (T, N, L, H, W) -> frames (N, T * temporal_factor, h, w, 3) uint8, decoded per camera by
     rolling window; ``cameras_per_call`` bounds the decoder's batch (default: all cameras at once)."""
-    x = torch.from_numpy(np.ascontiguousarray(latents)).float().permute(1, 2, 0, 3, 4)    # (N, L, T, H, W)
+    x = torch.from_numpy(np.array(latents, np.float32)).permute(1, 2, 0, 3, 4)    # (N, L, T, H, W), a copy
     step = cameras_per_call or x.shape[0]
     out = []
     for i in range(0, x.shape[0], step):
