@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml
 quickstart: venv
 	$(VENV)/bin/gaia2 quickstart
 
+# The page's browser test (tests/test_serve_page.py) runs Debian's chromium headless: install it where missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 test: venv
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(PY) -m pytest tests
 
 bench: venv

@@ -121,6 +121,17 @@ def _jsonable(errors) -> list:
     return out
 
 
+def _clip_shape(geo: Geometry):
+    """A stand-in CLIP encoder for validation: the generator computes the real embedding; here only its shape."""
+    import numpy as np
+
+    def encode(kind, value):
+        v = np.zeros(geo.clip_dim, np.float32)
+        v[0] = 1.0
+        return v
+    return encode
+
+
 class Ingress:
     def __init__(self, generator, decoder, config: dict) -> None:
         self.cfg = ServeConfig.model_validate(config)
@@ -210,15 +221,8 @@ class Ingress:
         if spec.duration and spec.duration.latent_steps and spec.duration.latent_steps > lim.max_latent_steps:
             raise SpecError(f"duration.latent_steps: {spec.duration.latent_steps}, this service generates at most "
                             f"{lim.max_latent_steps}")
-        clip = None
-        if models.get("clip"):
-            import numpy as np
-
-            def clip(kind, value):   # the real embedding is computed by the generator; here only its shape
-                v = np.zeros(geo.clip_dim, np.float32)
-                v[0] = 1.0
-                return v
-        request = await asyncio.to_thread(prepare, spec, geo, self.sources, clip)
+        request = await asyncio.to_thread(prepare, spec, geo, self.sources, _clip_shape(geo) if models.get("clip")
+                                          else None)
         if request.steps > lim.max_latent_steps:
             raise SpecError(f"duration: {request.steps} latent steps ({request.frames} frames), this service "
                             f"generates at most {lim.max_latent_steps}")
