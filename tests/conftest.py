@@ -71,3 +71,46 @@ def latent_shards(tokenizer_shards, tmp_path_factory) -> str:
     out = str(root / "latents")
     encode_latents(tokenizer_shards, tokenizer, out, latent_config(mode="mean"))
     return out
+
+
+@pytest.fixture(scope="session")
+def serve_models(latent_shards, tmp_path_factory):
+    """A random tiny world model exported with the fixture latents' statistics, and the tokenizer that encoded
+    them: (world model dir, tokenizer dir)."""
+    import torch
+
+    from gaia2.flow.stats import read_stats
+    from gaia2.world_model.config import tiny as world_model_tiny
+    from gaia2.world_model.export import save_world_model
+    from gaia2.world_model.model import WorldModel
+
+    stats = read_stats(latent_shards)
+    torch.manual_seed(11)
+    wm = save_world_model(str(tmp_path_factory.mktemp("serve_wm") / "world_model"), WorldModel(world_model_tiny()),
+                          extra={"latent_mean": stats.mean, "latent_std": stats.std})
+    return wm, os.path.join(os.path.dirname(latent_shards), "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_session):
+    """Ray Serve's HTTP proxy on a free port for the session; yields the port."""
+    from ray import serve
+
+    from tests.serve_helpers import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served(serve_http, serve_models, latent_shards, tmp_path_factory):
+    """The generation service (application "gaia2" at "/") on the tiny models, with the fixture latent shards as
+    its dataset; ``served.url`` is its root, ``served("v1/models")`` a URL under it."""
+    from tests.serve_helpers import deploy
+
+    wm, tok = serve_models
+    root = tmp_path_factory.mktemp("served")
+    return deploy(serve_http, "gaia2", {"models": {"world_model": wm, "tokenizer": tok, "workdir": str(root / "work")},
+                                        "dataset": latent_shards, "results": {"uri": str(root / "results")}})
