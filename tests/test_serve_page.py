@@ -138,7 +138,8 @@ def test_page_generates_and_plays_the_video(page):
     pg.select_option("#mode", "scratch")
     rig = _rig(t)
     pg.select_option("#rig", rig)
-    pg.fill("#latent_steps", str(getattr(t.served, "latent_steps", 3)))
+    window = pg.evaluate("window.gaia2.state.options.limits.window")   # the model's, when the server says
+    pg.fill("#latent_steps", str(getattr(t.served, "latent_steps", None) or min(window or 3, 3)))
     pg.fill("#steps", "2")
     pg.fill("#seed", "0")
     pg.click("#generate")
