@@ -238,12 +238,17 @@ def _mask_regions(regions: list[MaskRegion], spec: GenerationSpec, rig: Resolved
 
 
 def _rig_from_resolved(resolved: dict, views: list[str] | None) -> RigSpec:
-    """A previous generation's resolved rig (``ResolvedRig.to_json``) -> explicit cameras."""
+    """A previous generation's resolved rig (``ResolvedRig.to_json``) -> explicit cameras. A sample's rig may
+    carry offsets below zero (measured against its frame grid); they are shifted to start at zero, which keeps
+    the cameras' relative timing (timestamps are taken relative to each window's present)."""
     try:
         rig = resolved["rig"]
-        return RigSpec(cameras=[{k: c[k] for k in ("name", "width", "height", "intrinsics", "extrinsics",
-                                                    "distortion", "time_offset_s")} for c in rig["cameras"]],
-                       frame_rate=rig["frame_rate"], views=views)
+        cameras = [{k: c[k] for k in ("name", "width", "height", "intrinsics", "extrinsics", "distortion",
+                                      "time_offset_s")} for c in rig["cameras"]]
+        first = min(float(c["time_offset_s"]) for c in cameras)
+        for c in cameras:
+            c["time_offset_s"] = float(c["time_offset_s"]) - min(first, 0.0)
+        return RigSpec(cameras=cameras, frame_rate=rig["frame_rate"], views=views)
     except (KeyError, TypeError, ValueError) as err:
         raise SpecError(f"mode.source.generation: its spec.json has no usable rig ({err})") from None
 

@@ -115,7 +115,8 @@ def tiny() -> ServeConfig:
     """Everything on this machine's CPUs; the quickstart's registered models."""
     return ServeConfig(preset="tiny", models=ModelsConfig(world_model="models:/gaia2-world-model-tiny@candidate",
                                                           tokenizer="models:/gaia2-tokenizer-tiny@candidate"),
-                       ingress=IngressConfig(num_cpus=0.1), generator=GeneratorConfig(num_cpus=0.5),
+                       ingress=IngressConfig(num_cpus=0.1),
+                       generator=GeneratorConfig(num_cpus=0.5, max_batch_cost=16384),
                        decoder=DecoderConfig(num_cpus=0.5))
 
 

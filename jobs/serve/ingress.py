@@ -50,7 +50,7 @@ def error(code: int, message: str, headers: dict | None = None, detail: Any = No
 
 class BodyLimit:
     """ASGI middleware: 413 for a body over the limit (the upload limit on ``/v1/uploads``, else the JSON one),
-    by its Content-Length or, streamed without one, as soon as it has read past the limit."""
+    by its Content-Length or, sent without one, as soon as it has read past the limit."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -70,28 +70,34 @@ class BodyLimit:
                     size = int(value)
                 except ValueError:
                     size = -1
-                if size > limit or size < 0:
+                if size < 0:
+                    return await error(400, "content-length: not a byte count")(scope, receive, send)
+                if size > limit:
                     return await error(413, f"{what}: {value.decode(errors='replace')} bytes, this service "
                                             f"takes at most {limit}")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        # Read the body here, counting (a chunked one has no Content-Length), and hand it on whole.
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge(f"{what}: more than {limit} bytes, this service takes at most {limit}")
-            return message
+            if message["type"] != "http.request":
+                return None   # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > limit:
+                return await error(413, f"{what}: more than {limit} bytes, this service takes at most "
+                                        f"{limit}")(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
 
-        try:
-            return await self.inner(scope, limited, send)
-        except _TooLarge as err:
-            return await error(413, str(err))(scope, receive, send)
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-
-class _TooLarge(Exception):
-    pass
+        return await self.inner(scope, replay, send)
 
 
 app.add_middleware(BodyLimit)
