@@ -9,8 +9,11 @@
     gaia2 latents stats DIR [--split train] [--tokenizer URI]     measure existing latent shards' statistics
     gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
     gaia2 generate --spec FILE --out DIR [--world-model URI]      videos from a spec (--specs DIR: many, a Ray job)
-    gaia2 quickstart [--workdir DIR]               the whole local pipeline on synthetic data:
+    gaia2 generate --server URL --spec FILE --out DIR   the same, from a running service
+    gaia2 serve [--workdir DIR] [--world-model URI]     the generation service (Ray Serve) and its page
+    gaia2 quickstart [--workdir DIR] [--serve]     the whole local pipeline on synthetic data:
                                                    shards -> tokenizer -> latent shards -> world model
+                                                   -> generations (-> the service, with --serve)
     gaia2 describe tokenizer --preset NAME         parameter counts and shapes (built on the meta device)
     gaia2 describe world-model --preset NAME       parameters, tokens per sample, FLOPs per training step
 """
@@ -135,6 +138,11 @@ def parser() -> argparse.ArgumentParser:
 
     _add_command(sub, "generate", "generate driving videos from specs (one here, or many as a Ray job)",
                  generate.COMMAND)
+
+    from jobs.serve import cli as serve_cli
+
+    _add_command(sub, "serve", "the generation service on Ray Serve (HTTP API and page), until Ctrl-C",
+                 serve_cli.COMMAND)
 
     from jobs import quickstart
 
