@@ -7,7 +7,9 @@
 4. the tiny world model trained on those latents with flow matching (``gaia2 train world-model``),
    its EMA weights exported and registered in MLflow;
 5. one generation per inference mode from those models (``examples/generation/{scratch,rollout,inpaint,edit}
-   .yaml``, as ``gaia2 generate --spec`` runs them), into ``<workdir>/generations/<mode>/``.
+   .yaml``, as ``gaia2 generate --spec`` runs them), into ``<workdir>/generations/<mode>/``;
+6. with ``--serve``: the generation service (``gaia2 serve``) on those models, one request answered over HTTP,
+   and the URL of its page printed; it serves until Ctrl-C.
 
 No pretrained weights can be assumed on a fresh machine. Unless GAIA2_CLIP_PATH, GAIA2_DINO_PATH and
 GAIA2_TORCH_HOME name real ones (a CLIP vision model, a DINOv2 model, a torch home caching the LPIPS
@@ -63,6 +65,8 @@ class QuickstartConfig(StrictModel):
                                                         "the tiny preset has 300)")
     world_model_steps: int = Field(300, ge=1, description="world-model steps (the tiny preset's 300, about 3 minutes)")
     generation_steps: int = Field(50, ge=1, description="denoising steps of each example generation (the paper's 50)")
+    serve: bool = Field(False, description="then start the generation service on the trained models (until Ctrl-C)")
+    port: int = Field(8000, ge=1, le=65535, description="with serve: the service's HTTP port")
 
 
 def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None
@@ -120,7 +124,31 @@ def run(cfg: QuickstartConfig) -> str:
                      f"constant-velocity baseline (1 - flow loss {outcome.metrics['val_loss']:.4f} / baseline "
                      f"{outcome.metrics['val_baseline_loss']:.4f}), trained on measured latent statistics "
                      f"({latents}/latent_stats.json)")
-    return "\n\n".join(lines)
+    if cfg.serve:
+        print("\n\n".join(lines), flush=True)
+        return serve(work, latents, cfg.port, min(cfg.generation_steps, 20))
+    return "\n\n".join(lines) + f"\n\nnext: gaia2 serve --workdir {work}   (the generation service on these models)"
+
+
+def serve(work: str, latents: str, port: int, steps: int) -> str:
+    """The service on the quickstart's registered models and latent shards; one generation asked of it over HTTP."""
+    import requests
+
+    from jobs.serve import cli
+
+    print("[quickstart] 6/6 starting the generation service on the trained models (Ray Serve)")
+    cfg = cli.build("tiny", overrides={"models": {"workdir": work}, "dataset": latents, "http": {"port": port}})
+    url = cli.start(cfg)
+    spec = {"name": "quickstart", "rig": {"name": "sedan6_30hz"}, "duration": {"latent_steps": 6},
+            "action": {"speed": 8.0, "curvature": {"profile": "turn_left"}}, "metadata": {"weather": "rain"},
+            "sampler": {"steps": steps, "seed": 0}}
+    status = requests.post(url + "v1/generations", json=spec, params={"wait": 300}, timeout=330).json()
+    if status.get("status") != "done":
+        raise RuntimeError(f"the service did not answer the first request: {status}")
+    print(cli.banner(cfg, url))
+    print(f"answered: {url.rstrip('/')}{status['links']['video']} ({status['frames']} frames x "
+          f"{len(status['cameras'])} cameras in {status['seconds']:.1f} s)", flush=True)
+    return cli.serve_forever_started(cfg)
 
 
 def generations(work: str, world_model: str, tokenizer: str, latents: str, clip: str, steps: int) -> str:
@@ -145,6 +173,8 @@ COMMAND = Command(
              Alias("--seed", "seed", "seed of every stage", int),
              Alias("--tokenizer-steps", "tokenizer_steps", "tokenizer main-stage steps", int),
              Alias("--world-model-steps", "world_model_steps", "world-model steps", int),
-             Alias("--generation-steps", "generation_steps", "denoising steps per example generation", int)),
+             Alias("--generation-steps", "generation_steps", "denoising steps per example generation", int),
+             Alias("--serve", "serve", "then serve the trained models (gaia2 serve) until Ctrl-C", None),
+             Alias("--port", "port", "with --serve: the service's HTTP port", int)),
     presets=("tiny",), build=load_config, work=run,
     input_errors=())

@@ -16,7 +16,6 @@ import time
 
 import requests
 
-from gaia2.config.base import ConfigError
 from gaia2.flow.stats import LatentStatsError
 from jobs.options import Alias, Command
 from jobs.registry import ModelInputError
@@ -88,10 +87,15 @@ def banner(cfg: ServeConfig, url: str) -> str:
 
 
 def serve_forever(cfg: ServeConfig) -> str:
-    from ray import serve
-
     url = start(cfg)
     print(banner(cfg, url), flush=True)
+    return serve_forever_started(cfg)
+
+
+def serve_forever_started(cfg: ServeConfig) -> str:
+    """Block until Ctrl-C, then take the application down."""
+    from ray import serve
+
     try:
         while True:
             time.sleep(3600)
