@@ -22,7 +22,10 @@ class Served:
     config: object    # jobs.serve.config.ServeConfig
 
     def __call__(self, path: str) -> str:
-        return self.url + path.lstrip("/")
+        """``"v1/models"``: a path under the application; ``"/prefix/v1/..."``: a link it returned (absolute)."""
+        if path.startswith("/"):
+            return "/".join(self.url.split("/", 3)[:3]) + path
+        return self.url + path
 
 
 def free_port() -> int:

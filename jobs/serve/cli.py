@@ -20,6 +20,7 @@ from gaia2.flow.stats import LatentStatsError
 from jobs.options import Alias, Command
 from jobs.registry import ModelInputError
 from jobs.serve.config import ServeConfig, load_config
+from jobs.serve.store import redact
 
 READY_TIMEOUT_S = 600.0
 
@@ -79,7 +80,7 @@ def banner(cfg: ServeConfig, url: str) -> str:
         f"page:     {url}",
         f"API docs: {url}docs  (schema {url}openapi.json)",
         f"models:   {url}v1/models    dataset: {cfg.dataset or 'none (sample references are refused)'}",
-        f"results:  {cfg.results_uri} (kept {cfg.results.ttl_s:g} s, at most {cfg.results.max_bytes} bytes)",
+        f"results:  {redact(cfg.results_uri)} (kept {cfg.results.ttl_s:g} s, at most {cfg.results.max_bytes} bytes)",
         f"try:      curl -s -X POST '{url}v1/generations?wait=120' -H 'content-type: application/json' "
         f"-d '{{\"rig\": {{\"name\": \"sedan6_30hz\"}}, \"duration\": {{\"latent_steps\": 6}}, "
         f"\"action\": {{\"speed\": 8.0}}, \"sampler\": {{\"steps\": 20}}}}'",

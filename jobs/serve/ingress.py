@@ -28,7 +28,7 @@ from jobs.serve import metrics
 from jobs.serve.config import ServeConfig, read_tokens
 from jobs.serve.options import options
 from jobs.serve.sources import ServiceSources, check_upload, open_dataset
-from jobs.serve.store import FINAL, ID, ResultStore, new_id
+from jobs.serve.store import FINAL, ID, ResultStore, new_id, redact
 
 log = logging.getLogger("ray.serve")
 PAGE_DIR = os.path.join(os.path.dirname(__file__), "page")
@@ -150,7 +150,7 @@ class Ingress:
         self.tasks: dict[str, asyncio.Task] = {}
         self._sweeper: asyncio.Task | None = None
         app.state.limits = self.cfg.limits
-        log.info("ingress: results in %s, dataset %s, %s", self.cfg.results_uri, self.cfg.dataset,
+        log.info("ingress: results in %s, dataset %s, %s", redact(self.cfg.results_uri), self.cfg.dataset,
                  f"{len(self.tokens)} bearer token(s)" if self.tokens else "no authentication")
 
     # ---------------------------------------------------------------------------------------- helpers
