@@ -271,3 +271,27 @@ def test_service_metrics_reach_the_prometheus_endpoint(served):
             break
         time.sleep(2)
     assert not missing, missing
+
+
+def test_request_id_in_the_log_lines_of_a_generation(served):
+    import glob
+    import os
+
+    import ray
+
+    r = requests.post(served("v1/generations"), json=_scratch(), params={"wait": 120})
+    assert r.status_code == 200, r.text
+    request_id, gid = r.headers["x-request-id"], r.json()["id"]
+    logs = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines = [line for path in glob.glob(os.path.join(logs, "replica_gaia2_*.log"))
+                 for line in open(path, errors="replace") if request_id in line]
+        if any("Decoder" in line and gid in line for line in lines):
+            break
+        time.sleep(1)
+    # The ingress, the generator and the decoder each log this request under its id, naming the generation.
+    for deployment in ("Ingress", "Generator", "Decoder"):
+        assert any(f"gaia2_{deployment}" in line for line in lines), (deployment, lines)
+    assert any("accepted" in line and gid in line for line in lines), lines

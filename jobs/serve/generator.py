@@ -164,7 +164,12 @@ class GeneratorDeployment:
             return {"error": str(err)}
         item = Item(gid, request, loaded, request_cost(request, loaded.generator.geometry),
                     int(self.config["max_batch_size"]))
-        return await self.generate_batch(item)
+        log.info("generation %s: prepared on %s, cost %d, waiting for a batch", gid, loaded.refs["world_model"],
+                 item.cost)
+        out = await self.generate_batch(item)
+        log.info("generation %s: sampled%s", gid, f" ({out['error']})" if "error" in out else
+                 f" in a batch of {out['batch']} in {out['sample_s']:.2f} s")
+        return out
 
     def _prepare(self, loaded: Loaded, spec: dict):
         return loaded.generator.prepare(parse_spec(spec), self.sources)
