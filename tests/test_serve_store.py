@@ -93,3 +93,27 @@ def test_service_on_s3_results(s3, serve_http, serve_models, latent_shards):
         assert len([k for k in keys if "/cameras/" in k and k.endswith(".mp4")]) == len(status["cameras"]) == 5
     finally:
         undeploy("s3results")
+
+
+def test_unfinished_lists_only_generations_not_final(tmp_path):
+    store = ResultStore(str(tmp_path / "results"))
+    _fill(store, GID[0], "done", time.time(), 10)
+    store.set_status(GID[1], {"id": GID[1], "status": "running", "created": 0.0})
+    store.set_status(GID[2], {"id": GID[2], "status": "queued", "created": 0.0})
+    assert sorted(store.unfinished()) == [GID[1], GID[2]]
+
+
+def test_the_ingress_fails_generations_orphaned_by_a_stopped_replica(tmp_path, ray_session):
+    from jobs.serve.config import load_config
+    from jobs.serve.ingress import Ingress
+
+    cfg = load_config("tiny", overrides={"models": {"world_model": "x", "tokenizer": "y"},
+                                         "results": {"uri": str(tmp_path / "results")}, "limits": {"time_limit_s": 10}})
+    ingress = Ingress(None, None, cfg.model_dump())
+    now = time.time()
+    ingress.store.set_status(GID[0], {"id": GID[0], "status": "running", "created": now - 200})   # past 10 s + 60 s
+    ingress.store.set_status(GID[1], {"id": GID[1], "status": "running", "created": now - 5})     # still in time
+    ingress._fail_orphans()
+    lost = ingress.store.status(GID[0])
+    assert lost["status"] == "failed" and lost["error"].startswith("lost:")
+    assert ingress.store.status(GID[1])["status"] == "running"

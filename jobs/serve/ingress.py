@@ -181,9 +181,22 @@ class Ingress:
                 deleted = await asyncio.to_thread(self.store.sweep, r.ttl_s, r.max_bytes)
                 if deleted:
                     log.info("results sweep deleted %d: %s", len(deleted), ", ".join(deleted[:20]))
+                await asyncio.to_thread(self._fail_orphans)
             except Exception as err:   # noqa: BLE001 - housekeeping must not stop serving
                 log.warning("results sweep failed: %s", err)
             await asyncio.sleep(r.sweep_s)
+
+    def _fail_orphans(self) -> None:
+        """Generations left unfinished past their time limit by a replica that stopped: failed, with the reason
+        (nothing accepted stays "running" forever)."""
+        grace = self.cfg.limits.time_limit_s + 60.0
+        now = time.time()
+        for gid in self.store.unfinished():
+            if gid in self.tasks:
+                continue
+            status = self.store.status(gid) or {}
+            if now - float(status.get("created") or now) > grace:
+                self._finish(gid, "failed", "lost: the replica driving it stopped before it finished")
 
     def _links(self, request: Request, gid: str, status: dict) -> dict:
         base = f"{request.scope.get('root_path', '').rstrip('/')}/v1/generations/{gid}"

@@ -172,6 +172,21 @@ class ResultStore:
         except (FileNotFoundError, OSError):
             pass
 
+    def unfinished(self) -> list[str]:
+        """Ids of generations whose status is not final."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/generations", allow_not_found=True))
+        except (FileNotFoundError, OSError):
+            return []
+        out = []
+        for info in infos:
+            gid = info.path.rstrip("/").rsplit("/", 1)[-1]
+            if info.type == pafs.FileType.Directory and ID.match(gid):
+                status = self.status(gid)
+                if status is not None and status.get("status") not in FINAL:
+                    out.append(gid)
+        return out
+
     # ---------------------------------------------------------------------------------- housekeeping
     def _tree(self, path: str) -> list[pafs.FileInfo]:
         try:
