@@ -4,6 +4,7 @@
         [--clip DIR] [--device cpu|cuda] [--precision fp32|bf16] [--steps N]
     gaia2 generate --specs DIR_OR_PARQUET --out DIR [--latents LATENTS] [--num-gpus 1 --concurrency 8] ...
     gaia2 generate --from-shards LATENTS --split val [--limit N] [--mode scratch|rollout|edit] --out DIR ...
+    gaia2 generate --server URL --spec scenario.yaml --out DIR [--token-env GAIA2_SERVE_TOKEN] [--steps N]
     python -m jobs.generate ...                    # the same job, as a Ray job entry point
 
 Models are export directories or MLflow model URIs (default: the preset's registered ``candidate`` versions,
@@ -18,6 +19,10 @@ conditioning) run the Ray job: ``<out>/<name>/`` per spec, ``<out>/rejects.parqu
 stage, reason and detail), ``<out>/generate.json`` (counts, models, MLflow run), one MLflow run (experiment
 ``generation``) with the videos as artifacts. A spec gives the same latents in any batch, on any actor; a rerun
 onto the same ``--out`` skips every spec whose folder already records it and generates the rest.
+
+``--server URL`` sends ``--spec`` to a running generation service (``gaia2 serve``, ``jobs.serve``) instead: no
+model is loaded here; the same files come back into ``--out``, plus ``generation.json`` (the server's status,
+with the generation's id, which a later spec's ``{generation: DIR}`` names). See ``jobs.serve.client``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from gaia2.generation.spec import SpecError
 from jobs.generate_batch import GenerateInputError
 from jobs.options import Alias, Command
 from jobs.registry import ModelInputError
+from jobs.serve.client import ServiceError
 
 EXPERIMENT = "generation"
 REPORT_FILE = "generate.json"
@@ -74,6 +80,10 @@ class GenerateJob(StrictModel):
                          description="local MLflow database and artifacts")
     artifact_videos: int = Field(32, ge=0, description="generations (first by name) whose video.mp4 and spec.json "
                                                        "the MLflow run keeps as artifacts")
+    server: str | None = Field(None, description="URL of a generation service (gaia2 serve): spec is generated "
+                                                 "there and its files downloaded into out; no model loads here")
+    token_env: str = Field("GAIA2_SERVE_TOKEN", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="with server: the environment variable holding the bearer token")
 
 
 class GenerateConfig(StrictModel):
@@ -109,6 +119,8 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
     cfg = build_config(GenerateConfig, PRESETS, preset=preset, overrides=overrides, path=path)
     job = cfg.job
     given = [f for f in ("spec", "specs", "from_shards") if getattr(job, f)]
+    if job.server:
+        return _check_server(cfg)
     if len(given) != 1:
         raise ConfigError(f"job.spec / job.specs / job.from_shards: give exactly one (--spec FILE, --specs "
                           f"DIR_OR_PARQUET or --from-shards LATENTS; got {given or 'none'})")
@@ -120,6 +132,25 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
                           f"samples come from from_shards; leave latents out)")
     if not job.spec and cfg.device == "cuda" and cfg.num_gpus == 0:
         raise ConfigError("num_gpus: 0 with device cuda; give each generator actor a GPU (--num-gpus 1)")
+    return cfg
+
+
+def _check_server(cfg: GenerateConfig) -> GenerateConfig:
+    """``--server``: one spec and an output folder; what only a local run uses is refused, not ignored."""
+    job = cfg.job
+    scheme = urlparse(job.server).scheme
+    if scheme not in ("http", "https") or not urlparse(job.server).netloc:
+        raise ConfigError(f"job.server: {job.server!r} is not an http(s) URL (e.g. http://host:8000)")
+    if job.specs or job.from_shards:
+        raise ConfigError("job.server: takes one --spec (--specs / --from-shards are Ray jobs on this machine)")
+    for name, flag in (("spec", "--spec"), ("out", "--out")):
+        if not getattr(job, name):
+            raise ConfigError(f"job.{name}: required with --server (pass {flag})")
+    if job.latents:
+        raise ConfigError("job.latents: not with --server ({sample: KEY} names the server's dataset; a .npy file "
+                          "is uploaded from the spec's {latents: FILE})")
+    if job.clip:
+        raise ConfigError("job.clip: not with --server (the server has its own CLIP)")
     return cfg
 
 
@@ -440,6 +471,10 @@ def batch_summary(report: dict) -> str:
 
 
 def _work(cfg: GenerateConfig) -> str:
+    if cfg.job.server:
+        from jobs.serve.client import run_remote
+
+        return run_remote(cfg)
     if cfg.job.spec:
         return run_local(cfg)
     return batch_summary(run_batch(cfg))
@@ -468,9 +503,13 @@ COMMAND = Command(
              Alias("--batch-size", "batch_size", "specs per generator actor call", int),
              Alias("--num-gpus", "num_gpus", "GPUs per generator actor", float),
              Alias("--num-cpus", "num_cpus", "CPUs per generator actor", float),
-             Alias("--concurrency", "concurrency", "generator actors", int)),
+             Alias("--concurrency", "concurrency", "generator actors", int),
+             Alias("--server", "job.server", "a generation service's URL: generate --spec there, download into "
+                                             "--out", metavar="URL"),
+             Alias("--token-env", "job.token_env", "with --server: environment variable of the bearer token",
+                   metavar="VAR")),
     presets=tuple(PRESETS), build=load_config, work=_work,
-    input_errors=(GenerateInputError, ModelInputError, SpecError, LatentStatsError))
+    input_errors=(GenerateInputError, ModelInputError, SpecError, LatentStatsError, ServiceError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
