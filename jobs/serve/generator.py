@@ -4,8 +4,9 @@
 
 ``generate`` prepares the spec (off the event loop) with the models loaded when it arrived, then joins a
 ``@serve.batch`` queue sized by cost: a request costs cameras x latent steps x tokens per latent, doubled
-under guidance, and a batch holds at most ``max_batch_cost`` of it (and ``max_batch_size`` requests). A batch is
-split into groups of one shape (``batch_key``), each sampled in one pass in a worker thread. Progress and
+under guidance, and a batch holds at most ``max_batch_cost`` of it (and ``max_batch_size`` requests). Gathered
+batches wait for the sampler, which each time it is free takes the oldest request and every waiting request of
+its shape (``batch_key``) and models within that budget, and samples them in one pass in a worker thread. Progress and
 cancellation go through the results store: the sampler's progress is written to each request's
 ``progress.json`` (at most a few times a second) and a group whose requests were all cancelled stops.
 
@@ -92,6 +93,8 @@ class GeneratorDeployment:
         self.config: dict | None = None
         self._switch = asyncio.Lock()
         self._refresher: asyncio.Task | None = None
+        self._pending: list[tuple[Item, asyncio.Future]] = []    # gathered by Serve, waiting for the sampler
+        self._sampler: asyncio.Task | None = None
 
     # ----------------------------------------------------------------------------------------- models
     async def reconfigure(self, config: dict) -> None:
@@ -174,16 +177,51 @@ class GeneratorDeployment:
     def _prepare(self, loaded: Loaded, spec: dict):
         return loaded.generator.prepare(parse_spec(spec), self.sources)
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.05, batch_size_fn=batch_cost)
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.05, batch_size_fn=batch_cost,
+                 max_concurrent_batches=1024)
     async def generate_batch(self, items: list[Item]) -> list[dict]:
-        metrics.batch_size().observe(len(items))
-        metrics.batch_cost().observe(sum(i.cost for i in items))
-        groups: dict[tuple, list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault((id(item.loaded), batch_key(item.request)), []).append(i)
-        out: list[dict | None] = [None] * len(items)
-        for idx in groups.values():
-            group = [items[i] for i in idx]
+        """Serve's batch (gathered by cost, ``batch_wait_s``) joins the sampler's queue. Serve forms a batch as
+        soon as the previous one is handed over, so under load its batches would stay as small as what arrived
+        together; instead every gathered batch waits here and the sampler, each time it is free, takes the
+        oldest request and every waiting request of its shape, up to the cost budget."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures))
+        if self._sampler is None or self._sampler.done():
+            self._sampler = loop.create_task(self._sampling_loop())
+        return list(await asyncio.gather(*futures))
+
+    def _next_group(self) -> list[tuple[Item, asyncio.Future]]:
+        """The oldest waiting request and the waiting requests of its shape and models, within the budget."""
+        first = self._pending[0][0]
+        key = (id(first.loaded), batch_key(first.request))
+        budget, count = int(self.config["max_batch_cost"]), int(self.config["max_batch_size"])
+        group, rest, cost = [], [], 0
+        for entry in self._pending:
+            item = entry[0]
+            if (id(item.loaded), batch_key(item.request)) == key and len(group) < count \
+                    and (not group or cost + item.cost <= budget):
+                group.append(entry)
+                cost += item.cost
+            else:
+                rest.append(entry)
+        self._pending = rest
+        return group
+
+    async def _sampling_loop(self) -> None:
+        while self._pending:
+            entries = self._next_group()
+            live = []
+            for item, future in entries:
+                if self.store.cancelled(item.gid):
+                    future.set_result({"error": "cancelled"})
+                else:
+                    live.append((item, future))
+            if not live:
+                continue
+            group = [item for item, _ in live]
+            metrics.batch_size().observe(len(group))
+            metrics.batch_cost().observe(sum(i.cost for i in group))
             log.info("sampling %d request(s) %s", len(group), ",".join(i.gid for i in group))
             try:
                 results = await asyncio.to_thread(self._sample, group)
@@ -192,9 +230,9 @@ class GeneratorDeployment:
             except Exception as err:   # noqa: BLE001 - a failed batch fails its requests with the reason
                 log.exception("sampling failed for %s", ",".join(i.gid for i in group))
                 results = [{"error": f"sampling failed: {type(err).__name__}: {err}"} for _ in group]
-            for i, r in zip(idx, results):
-                out[i] = r
-        return out
+            for (_, future), result in zip(live, results):
+                if not future.done():
+                    future.set_result(result)
 
     def _sample(self, group: list[Item]) -> list[dict]:
         gen = group[0].loaded.generator
