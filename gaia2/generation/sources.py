@@ -61,11 +61,31 @@ class Sources:
 
 
 def load_npy(data: bytes, what: str) -> np.ndarray:
-    """``.npy`` bytes -> array (no pickles), or a ``SpecError`` naming ``what``."""
+    """``.npy`` bytes -> array, or a ``SpecError`` naming ``what``. The header is read first: a pickled (object)
+    array, an ``.npz`` archive, or a shape whose size the bytes do not hold is refused before anything is
+    allocated."""
+    buf = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        version = np.lib.format.read_magic(buf)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            raise ValueError(f".npy format version {version} is not read here (1.0 or 2.0)")
+        shape, _, dtype = read[version](buf, max_header_size=10_000)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise SpecError(f"{what}: not a readable .npy array ({err})") from None
+    if dtype.hasobject:
+        raise SpecError(f"{what}: an array of Python objects (pickles are not loaded)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count < 0 or count * dtype.itemsize != len(data) - buf.tell():
+        raise SpecError(f"{what}: its header says shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} bytes), "
+                        f"the file holds {len(data) - buf.tell()} bytes of data")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise SpecError(f"{what}: not a readable .npy array ({err})") from None
+    if not isinstance(arr, np.ndarray):
+        raise SpecError(f"{what}: not a single .npy array")
+    return arr
 
 
 def check_latents(arr: np.ndarray, what: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The generation service on Ray Serve: a FastAPI ingress, a batched generator and a decoder.
 
     gaia2 serve [--world-model URI] [--tokenizer URI] [--config serve.yaml] [--workdir DIR]
-    serve run jobs.serve.app:build config=cluster/serve-config.yaml          # the same, on a cluster
+    serve run jobs.serve.app:build config=cluster/serve.yaml     # the same with Serve's CLI
+    serve deploy cluster/serve-config.yaml                       # on a cluster (cluster/rayservice.yaml on KubeRay)
 
 Deployments (``jobs.serve.app.build_app``):
   - ``Ingress`` (CPU): the HTTP API below. It validates a spec (422 naming the field), admits it into a

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
@@ -31,6 +32,10 @@ from jobs.serve.sources import ServiceSources, check_upload, open_dataset
 from jobs.serve.store import FINAL, ID, ResultStore, new_id, redact
 
 log = logging.getLogger("ray.serve")
+ERRORS = {401: {"description": "no or malformed bearer token (when tokens are configured)"},
+          403: {"description": "a token this service does not accept"}}
+NOT_FOUND = {404: {"description": "no such generation (results expire)"}}
+FILE = {**ERRORS, **NOT_FOUND, 409: {"description": "the generation is not done"}}
 PAGE_DIR = os.path.join(os.path.dirname(__file__), "page")
 MEDIA = {"mp4": "video/mp4", "npy": "application/octet-stream", "json": "application/json"}
 UPLOADS = "/v1/uploads"
@@ -103,6 +108,15 @@ class BodyLimit:
 app.add_middleware(BodyLimit)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors in the service's shape; a body it cannot parse (not UTF-8 JSON) is a 422."""
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        return error(422, "body: not a JSON document (UTF-8)")
+    return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                 headers=getattr(exc, "headers", None))
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming the field, in the spec's own words when the body is a spec."""
@@ -152,6 +166,14 @@ class Ingress:
         app.state.limits = self.cfg.limits
         log.info("ingress: results in %s, dataset %s, %s", redact(self.cfg.results_uri), self.cfg.dataset,
                  f"{len(self.tokens)} bearer token(s)" if self.tokens else "no authentication")
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown (a redeploy, a scale-down): finish the generations this replica accepted,
+        within ``graceful_shutdown_timeout_s`` (the time limit); new requests already go to other replicas."""
+        tasks = [t for t in getattr(self, "tasks", {}).values() if not t.done()]
+        if tasks:
+            log.info("ingress stopping: finishing %d accepted generation(s) first", len(tasks))
+            await asyncio.wait(tasks, timeout=self.cfg.limits.time_limit_s)
 
     # ---------------------------------------------------------------------------------------- helpers
     def _auth(self, request: Request) -> JSONResponse | None:
@@ -286,7 +308,7 @@ class Ingress:
                 raise
 
     async def _pipeline(self, gid: str, raw: dict) -> None:
-        self._set(gid, status="running", started=time.time())
+        self._set(gid, dispatched=time.time())   # "running" once the generator reports progress
         out = await self._call(self.generator.generate, {"id": gid, "spec": raw})
         if "error" in out:
             return self._finish(gid, "cancelled" if out["error"] == "cancelled" else "failed", out["error"])
@@ -327,7 +349,10 @@ class Ingress:
 
     # ---------------------------------------------------------------------------------------- the API
     @app.post("/v1/generations", status_code=202, summary="start a generation",
-              responses={200: {"description": "done within ?wait"}, 401: {}, 403: {}, 413: {}, 422: {}, 503: {}})
+              responses={200: {"description": "done within ?wait"}, **ERRORS,
+                         413: {"description": "body over limits.max_body_bytes"},
+                         422: {"description": "the spec, naming the field"},
+                         503: {"description": "queue full or models not loaded: retry after Retry-After"}})
     async def create(self, request: Request, spec: GenerationSpec = Body(...),
                      wait: float = Query(0.0, ge=0.0, le=3600.0, description="seconds to wait for the result")):
         self._start_sweeper()
@@ -358,7 +383,8 @@ class Ingress:
         return JSONResponse(self._view(request, gid, status), status_code=202,
                             headers={"Location": self._links(request, gid, status)["self"]})
 
-    @app.get("/v1/generations/{gid}", summary="a generation's status, progress and links")
+    @app.get("/v1/generations/{gid}", summary="a generation's status, progress and links",
+             responses={**ERRORS, **NOT_FOUND})
     async def get(self, request: Request, gid: str = Path(..., pattern=ID.pattern),
                   wait: float = Query(0.0, ge=0.0, le=3600.0)):
         if (denied := self._auth(request)) is not None:
@@ -368,7 +394,8 @@ class Ingress:
             return error(404, f"id: no generation {gid} (results expire)")
         return self._view(request, gid, status)
 
-    @app.delete("/v1/generations/{gid}", summary="cancel a generation, or delete a finished one's results")
+    @app.delete("/v1/generations/{gid}", summary="cancel a generation, or delete a finished one's results",
+                responses={**ERRORS, **NOT_FOUND})
     async def delete(self, request: Request, gid: str = Path(..., pattern=ID.pattern)):
         if (denied := self._auth(request)) is not None:
             return denied
@@ -408,24 +435,26 @@ class Ingress:
             return error(404, f"{name}: deleted")
         return Response(data, media_type=media)
 
-    @app.get("/v1/generations/{gid}/video.mp4", summary="the mosaic of every camera")
+    @app.get("/v1/generations/{gid}/video.mp4", summary="the mosaic of every camera", responses=FILE)
     async def video(self, request: Request, gid: str = Path(..., pattern=ID.pattern)):
         return await self._file(request, gid, "video.mp4")
 
-    @app.get("/v1/generations/{gid}/latents.npy", summary="the raw latents (T, N, L, H, W)")
+    @app.get("/v1/generations/{gid}/latents.npy", summary="the raw latents (T, N, L, H, W)", responses=FILE)
     async def latents(self, request: Request, gid: str = Path(..., pattern=ID.pattern)):
         return await self._file(request, gid, "latents.npy")
 
-    @app.get("/v1/generations/{gid}/spec.json", summary="the spec as run")
+    @app.get("/v1/generations/{gid}/spec.json", summary="the spec as run", responses=FILE)
     async def spec_json(self, request: Request, gid: str = Path(..., pattern=ID.pattern)):
         return await self._file(request, gid, "spec.json")
 
-    @app.get("/v1/generations/{gid}/cameras/{camera}.mp4", summary="one camera's video")
+    @app.get("/v1/generations/{gid}/cameras/{camera}.mp4", summary="one camera's video", responses=FILE)
     async def camera(self, request: Request, gid: str = Path(..., pattern=ID.pattern),
                      camera: str = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")):
         return await self._file(request, gid, f"cameras/{camera}.mp4")
 
     @app.post(UPLOADS, status_code=201, summary="upload latents (.npy) for a spec to name",
+              responses={**ERRORS, 413: {"description": "over limits.max_upload_bytes"},
+                         422: {"description": "not a float .npy array the served model takes"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(self, request: Request):
@@ -444,7 +473,8 @@ class Ingress:
         return JSONResponse({"id": uid, "shape": list(arr.shape), "dtype": "float32",
                              "expires_in_s": self.cfg.results.ttl_s}, status_code=201)
 
-    @app.get("/v1/models", summary="the models served")
+    @app.get("/v1/models", summary="the models served",
+             responses={**ERRORS, 503: {"description": "models not loaded yet"}})
     async def models(self, request: Request):
         if (denied := self._auth(request)) is not None:
             return denied
@@ -453,7 +483,7 @@ class Ingress:
             return error(503, "models: not loaded yet", headers={"Retry-After": str(self.cfg.limits.retry_after_s)})
         return models
 
-    @app.get("/v1/options", summary="what a spec may name here")
+    @app.get("/v1/options", summary="what a spec may name here", responses=ERRORS)
     async def options(self, request: Request):
         if (denied := self._auth(request)) is not None:
             return denied
@@ -468,7 +498,8 @@ class Ingress:
     async def healthz(self):
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="readiness: models loaded")
+    @app.get("/readyz", summary="readiness: models loaded",
+             responses={503: {"description": "models not loaded yet"}})
     async def readyz(self):
         models = self._models()
         if models is None:
