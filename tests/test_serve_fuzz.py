@@ -89,7 +89,7 @@ def fuzz_state(served):
 
 
 # Server errors the fuzzer found, reported and not fixed yet: (what, does this response show it). Each has a
-# strict xfail regression test below; when it is fixed that test passes (XPASS fails the run): drop both.
+# regression test below; when it is fixed, drop the entry.
 KNOWN_BUGS: list = []   # both found so far are fixed (the regression tests below)
 
 

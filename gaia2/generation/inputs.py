@@ -237,7 +237,7 @@ def _mask_regions(regions: list[MaskRegion], spec: GenerationSpec, rig: Resolved
     return out
 
 
-def _rig_from_resolved(resolved: dict, views: list[str] | None) -> RigSpec:
+def _rig_from_resolved(resolved: dict, views: list[str] | None, where: str = "mode.source.generation") -> RigSpec:
     """A previous generation's resolved rig (``ResolvedRig.to_json``) -> explicit cameras. A sample's rig may
     carry offsets below zero (measured against its frame grid); they are shifted to start at zero, which keeps
     the cameras' relative timing (timestamps are taken relative to each window's present)."""
@@ -250,7 +250,7 @@ def _rig_from_resolved(resolved: dict, views: list[str] | None) -> RigSpec:
             c["time_offset_s"] = float(c["time_offset_s"]) - min(first, 0.0)
         return RigSpec(cameras=cameras, frame_rate=rig["frame_rate"], views=views)
     except (KeyError, TypeError, ValueError) as err:
-        raise SpecError(f"mode.source.generation: its spec.json has no usable rig ({err})") from None
+        raise SpecError(f"{where}: its spec.json has no usable rig ({err})") from None
 
 
 def prepare(spec: GenerationSpec, geo: Geometry, sources: Sources | None = None,
@@ -272,7 +272,7 @@ def prepare(spec: GenerationSpec, geo: Geometry, sources: Sources | None = None,
             gen = sources.generation(ref.generation)
             source = gen.latents
             if rig_spec is None:
-                rig_spec = _rig_from_resolved(gen.resolved, None)
+                rig_spec = _rig_from_resolved(gen.resolved, None, f"{where}.generation")
     reference = source_sample
     if spec.reference_sample is not None and (ref is None or ref.sample != spec.reference_sample):
         reference = sources.sample(spec.reference_sample)
