@@ -145,9 +145,6 @@ class GeneratorDeployment:
         info = describe(refs, gen.geometry, gen.latent_mean, gen.latent_std, time.time())
         return Loaded(gen, refs, info)
 
-    async def models(self) -> dict | None:
-        return self.loaded.info if self.loaded else None
-
     def check_health(self) -> None:
         if self.config is not None and self.loaded is None:
             raise RuntimeError("no models loaded")

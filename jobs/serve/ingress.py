@@ -27,6 +27,7 @@ from gaia2.generation.inputs import Geometry, prepare
 from gaia2.generation.spec import GenerationSpec, SpecError, parse_spec
 from jobs.serve import metrics
 from jobs.serve.config import ServeConfig, read_tokens
+from jobs.serve.generator import request_cost
 from jobs.serve.options import options
 from jobs.serve.sources import ServiceSources, check_upload, open_dataset
 from jobs.serve.store import FINAL, ID, ResultStore, new_id, redact
@@ -268,7 +269,7 @@ class Ingress:
             raise SpecError(f"duration: {request.steps} latent steps ({request.frames} frames), this service "
                             f"generates at most {lim.max_latent_steps}")
         h, w = geo.grid_hw
-        cost = len(request.rig.names) * request.steps * h * w * (2 if request.guided else 1)
+        cost = request_cost(request, geo)
         if cost > self.cfg.generator.max_batch_cost:
             raise SpecError(f"duration: {request.steps} latent steps x {len(request.rig.names)} cameras x {h * w} "
                             f"tokens{' x 2 (guidance)' if request.guided else ''} = {cost} exceeds this service's "
