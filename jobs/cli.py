@@ -10,6 +10,7 @@
     gaia2 train world-model --shards LATENTS [--preset tiny]      train the latent world model (Ray Train)
     gaia2 generate --spec FILE --out DIR [--world-model URI]      videos from a spec (--specs DIR: many, a Ray job)
     gaia2 generate --server URL --spec FILE --out DIR   the same, from a running service
+    gaia2 evaluate --world-model URI --tokenizer URI --shards S --latents L   the paper's metrics (a Ray job)
     gaia2 serve [--workdir DIR] [--world-model URI]     the generation service (Ray Serve) and its page
     gaia2 quickstart [--workdir DIR] [--serve]     the whole local pipeline on synthetic data:
                                                    shards -> tokenizer -> latent shards -> world model
@@ -138,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
 
     _add_command(sub, "generate", "generate driving videos from specs (one here, or many as a Ray job)",
                  generate.COMMAND)
+
+    from jobs import evaluate
+
+    _add_command(sub, "evaluate", "evaluate world models: FDD, FID, FVD, FVMD, agent IoU, action adherence, "
+                                  "validation loss (a Ray job, tracked in MLflow)", evaluate.COMMAND)
 
     from jobs.serve import cli as serve_cli
 

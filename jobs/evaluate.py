@@ -1,0 +1,314 @@
+"""Evaluate trained world models the way the paper does (§6.2, Fig. 13), as a Ray job tracked in MLflow.
+
+    gaia2 evaluate --world-model URI --tokenizer URI --shards SHARDS --latents LATENTS [--samples N]
+        [--mode scratch|rollout|edit] [--metrics fdd,fid,fvd,fvmd,iou,action,loss]
+        [--fdd-net DIR --fid-net FILE --fvd-net FILE --segmenter DIR] [--tracker lucas-kanade|FILE]
+        [--checkpoints RUN_DIR] [--promote ALIAS --by METRIC] [--out DIR] [--workdir DIR]
+    python -m jobs.evaluate ...                     # the same job, as a Ray job entry point
+
+Every sample of the validation split (the first ``--samples`` keys) is regenerated under its own recorded
+conditioning (``spec_for_sample``: the generation job's actor pool), decoded, and measured beside its real video
+in an actor pool (``pipelines.evaluation.measure``; ``measure.num_gpus`` per actor):
+
+    fdd      Fréchet distance of DINOv2 ViT-L/14 CLS features of frames resized to 448 x 952
+    fid      Fréchet distance of InceptionV3 pool features at 299 x 299 (torchmetrics' extractor, antialias off)
+    fvd      Fréchet distance of I3D features of 16-frame clips (cd-fvd's I3D, 224 x 224)
+    fvmd     Fréchet Video Motion Distance over keypoint tracks (the tracker is named in the results)
+    iou      agent adherence: class IoU of the conditioning boxes and what a segmenter finds in the generation
+    action   action adherence: the generation's apparent ego speed against the commanded speed (Spearman), and
+             the sign of its turning against the commanded curvature
+    loss     the validation flow loss, by tau bucket and task (the paper's best proxy for human preference)
+
+Each distance has its sample counts and a bootstrap interval (``bootstrap`` resamples, ``level``). Real-video
+measurements are cached by (dataset fingerprint, extractor fingerprint incl. weights and resolution, frame
+choice) under ``job.cache``, so evaluating another model reuses them. Pretrained networks load from local paths
+only (``networks.*``); nothing is downloaded.
+
+Output (``job.out``, default ``<workdir>/evaluations/<name>``): ``generations/<model>/<key>/``,
+``measurements/<model>/``, ``evaluation.json`` (the report), and one MLflow run (experiment ``evaluation``) with
+every metric and its interval, plots, a grid of real vs generated frames and side-by-side videos; the scores are
+also set as tags on the evaluated registered model versions. ``--checkpoints`` evaluates every checkpoint of one
+training run (metrics against training step: Fig. 13); ``--promote ALIAS --by METRIC`` moves the alias to the
+evaluated version only when it beats the version the alias holds beyond the confidence intervals. The last line
+printed is one JSON object: the metrics by name, each with its interval and sample count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Literal, Sequence
+
+from pydantic import Field, field_validator
+
+from gaia2.config.base import ConfigError, StrictModel, build_config
+from gaia2.flow.stats import LatentStatsError
+from gaia2.generation.spec import SpecError
+from jobs.generate_batch import GenerateInputError
+from jobs.options import Alias, Command
+from jobs.registry import ModelInputError
+
+EXPERIMENT = "evaluation"
+REPORT_FILE = "evaluation.json"
+METRICS = ("fdd", "fid", "fvd", "fvmd", "iou", "action", "loss")
+NETWORK_OF = {"fdd": "fdd", "fid": "fid", "fvd": "fvd", "iou": "segmenter"}   # metric -> its networks.* field
+NETWORK_NOUN = {"fdd": "a DINOv2 ViT-L/14 checkpoint directory (transformers save_pretrained)",
+                "fid": "an InceptionV3 weights file (torch-fidelity's pt_inception-2015-12-05)",
+                "fvd": "an I3D weights file (i3d_pretrained_400.pt)",
+                "segmenter": "a segmentation checkpoint directory (transformers) or a gaia2 3D detector"}
+
+
+class EvaluationError(ValueError):
+    """Inputs the evaluation cannot use (no samples, no real video, nothing measured); says which and why."""
+
+
+class Networks(StrictModel):
+    """Pretrained networks, from local paths only (a missing one is an error, never a download)."""
+    fdd: str | None = Field(None, description="DINOv2 ViT-L/14 directory (transformers save_pretrained)")
+    fid: str | None = Field(None, description="InceptionV3 weights file (torch-fidelity's FID Inception)")
+    fvd: str | None = Field(None, description="I3D weights file (Kinetics-400, as cd-fvd loads it)")
+    segmenter: str | None = Field(None, description="agent IoU: a transformers segmentation checkpoint directory "
+                                                    "or a gaia2 reference 3D detector directory")
+    tracker: str = Field("lucas-kanade", min_length=1, description="FVMD's point tracker: lucas-kanade (no "
+                                                                   "weights) or a TorchScript point tracker file")
+    resolutions: dict[str, list[int]] = Field(default_factory=dict,
+                                              description="metric -> [H, W] its frames are resized to (default: "
+                                                          "the metric's own, e.g. fdd 448 x 952)")
+
+    @field_validator("resolutions")
+    @classmethod
+    def _sizes(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        for metric, size in value.items():
+            if metric not in ("fdd", "fid", "fvd"):
+                raise ValueError(f"{metric!r}: resolutions are for fdd, fid or fvd")
+            if len(size) != 2 or min(size) < 8:
+                raise ValueError(f"{metric}: expected [H, W] of at least 8 pixels, got {size}")
+        return value
+
+
+class Measure(StrictModel):
+    """How videos are measured and on what resources."""
+    frames_per_video: int = Field(4, ge=1, description="frames per camera (spread evenly) for FDD and FID")
+    clips_per_video: int = Field(1, ge=1, description="16-frame clips per camera for FVD and FVMD")
+    fvmd_cells: int = Field(2, ge=1, le=8, description="FVMD's spatial cells per side")
+    batch_size: int = Field(16, ge=1, description="images / clips per network call")
+    rows_per_call: int = Field(2, ge=1, description="videos per actor call")
+    concurrency: int = Field(1, ge=1, description="measuring actors (each loads the networks once)")
+    num_gpus: float = Field(0, ge=0, description="GPUs per measuring actor")
+    num_cpus: float = Field(1, gt=0, description="CPUs per measuring actor (and its torch threads on the CPU)")
+
+
+class Generation(StrictModel):
+    """How the samples are generated (the generation job's actor pool)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = Field(4, ge=1)
+    concurrency: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, gt=0)
+
+
+class EvaluateJob(StrictModel):
+    world_model: str | None = Field(None, description="world model export directory or MLflow model URI")
+    checkpoints: str | None = Field(None, description="instead of world_model: a training run's folder of "
+                                                      "checkpoint-<step> directories (or a comma list of them)")
+    tokenizer: str | None = Field(None, description="tokenizer export directory or MLflow model URI")
+    shards: str | None = Field(None, description="pixel shards (gaia2 shards build): the real videos")
+    latents: str | None = Field(None, description="latent shards of the same build (gaia2 encode-latents): each "
+                                                  "sample's conditioning, and the validation loss")
+    split: str = Field("val", min_length=1)
+    samples: int | None = Field(None, ge=1, description="the first N samples of the split (keys sorted; all by "
+                                                        "default; the paper: 1024)")
+    mode: Literal["scratch", "rollout", "edit"] = "scratch"
+    context_steps: int = Field(3, ge=1)
+    tau_start: float = Field(0.5, ge=0.0, le=1.0)
+    sampler_steps: int = Field(50, ge=1, le=1000)
+    seed: int = Field(0, ge=0, description="sampler seeds (a hash of seed and key per sample) and bootstrap")
+    metrics: str = Field(",".join(METRICS), description="comma list of fdd, fid, fvd, fvmd, iou, action, loss")
+    loss_samples: int | None = Field(None, ge=1, description="validation samples of the flow loss (default: all)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                             description="the evaluation's name (default: from the model and mode)")
+    out: str | None = Field(None, description="output directory (default <workdir>/evaluations/<name>)")
+    cache: str | None = Field(None, description="real-video measurement cache (default <workdir>/feature-cache)")
+    workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"))
+    promote: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,100}$",
+                                description="an alias to move to the evaluated version if it beats the holder")
+    by: str | None = Field(None, description="with promote: the metric that decides (e.g. fdd, val_loss)")
+    artifact_videos: int = Field(4, ge=0, description="side-by-side real | generated videos kept in the run")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        names = [m.strip() for m in value.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METRICS]
+        if unknown or not names:
+            raise ValueError(f"{unknown or value!r}: metrics are a comma list of {', '.join(METRICS)}")
+        return ",".join(dict.fromkeys(names))
+
+
+class EvaluateConfig(StrictModel):
+    preset: str = "tiny"
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples of each interval (0: none)")
+    level: float = Field(0.95, gt=0.0, lt=1.0, description="the intervals' confidence level")
+    generation: Generation = Field(default_factory=Generation)
+    measure: Measure = Field(default_factory=Measure)
+    networks: Networks = Field(default_factory=Networks)
+    job: EvaluateJob = Field(default_factory=EvaluateJob)
+
+
+def tiny() -> EvaluateConfig:
+    """CPU, one actor each, few sampler steps; small resolutions for the tiny random feature networks."""
+    return EvaluateConfig(preset="tiny", networks=Networks(resolutions={"fdd": [56, 112], "fvd": [64, 64]}),
+                          job=EvaluateJob(sampler_steps=10))
+
+
+def paper() -> EvaluateConfig:
+    """The paper's protocol: n = 1024 from scratch, 50 sampler steps, the networks' own resolutions, GPUs."""
+    return EvaluateConfig(preset="paper", generation=Generation(precision="bf16", batch_size=2, concurrency=8,
+                                                                num_gpus=1, num_cpus=4),
+                          measure=Measure(frames_per_video=8, concurrency=4, num_gpus=1, num_cpus=4, batch_size=32),
+                          job=EvaluateJob(samples=1024, world_model="models:/gaia2-world-model-paper@candidate",
+                                          tokenizer="models:/gaia2-tokenizer-paper@candidate"))
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+# Report names of the metrics, and which way is better.
+LOWER_IS_BETTER = {"fdd", "fid", "fvd", "fvmd", "val_loss"}
+HIGHER_IS_BETTER = {"agent_iou", "action_speed_spearman", "action_curvature_sign_agreement"}
+
+
+def wanted(cfg: EvaluateConfig) -> list[str]:
+    return cfg.job.metrics.split(",")
+
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: dict | None = None) -> EvaluateConfig:
+    cfg = build_config(EvaluateConfig, PRESETS, preset=preset, overrides=overrides, path=path)
+    job = cfg.job
+    if bool(job.world_model) == bool(job.checkpoints):
+        raise ConfigError("job.world_model / job.checkpoints: give exactly one (--world-model URI, or --checkpoints "
+                          "RUN_DIR for every checkpoint of a training run)")
+    for field in ("tokenizer", "shards", "latents"):
+        if not getattr(job, field):
+            raise ConfigError(f"job.{field}: required (pass --{field})")
+    for field in ("shards", "latents"):
+        if not os.path.isdir(getattr(job, field)):
+            raise ConfigError(f"job.{field}: {getattr(job, field)!r} is not a directory")
+    missing = [(m, NETWORK_OF[m]) for m in wanted(cfg) if m in NETWORK_OF and not getattr(cfg.networks,
+                                                                                           NETWORK_OF[m])]
+    if missing:
+        raise ConfigError("; ".join(f"networks.{f}: {m} needs {NETWORK_NOUN[f]} (--{f if f == 'segmenter' else m + '-net'}"
+                                    f" PATH; nothing is downloaded)" for m, f in missing)
+                          + f" — or leave {', '.join(m for m, _ in missing)} out of --metrics")
+    for m in wanted(cfg):
+        path = getattr(cfg.networks, NETWORK_OF[m]) if m in NETWORK_OF else None
+        if path and not os.path.exists(path):
+            raise ConfigError(f"networks.{NETWORK_OF[m]}: {path!r} does not exist (expected {NETWORK_NOUN[NETWORK_OF[m]]})")
+    if (job.promote is None) != (job.by is None):
+        raise ConfigError("job.promote / job.by: give both (--promote ALIAS --by METRIC) or neither")
+    if job.by is not None:
+        names = metric_names(wanted(cfg))
+        if job.by not in names:
+            raise ConfigError(f"job.by: {job.by!r} is not one of the metrics this evaluation computes ({', '.join(names)})")
+    if job.promote and job.checkpoints:
+        raise ConfigError("job.promote: promotes one evaluated registered version; not with --checkpoints")
+    if job.promote and not job.world_model.startswith("models:/"):
+        raise ConfigError(f"job.promote: {job.world_model!r} is not a registered model (models:/NAME@ALIAS or "
+                          f"models:/NAME/VERSION); only registered versions carry aliases")
+    if cfg.generation.device == "cuda" and cfg.generation.num_gpus == 0:
+        raise ConfigError("generation.num_gpus: 0 with device cuda; give each generator actor a GPU")
+    return cfg
+
+
+def metric_names(metrics: Sequence[str]) -> list[str]:
+    """The report's metric names for the measurements asked for."""
+    names = []
+    for m in metrics:
+        names += {"iou": ["agent_iou"], "action": ["action_speed_spearman", "action_curvature_sign_agreement"],
+                  "loss": ["val_loss"]}.get(m, [m])
+    return names
+
+
+# ------------------------------------------------------------------------------------------------ the job
+def run(cfg: EvaluateConfig) -> dict:
+    """Generate, measure, compute, track, maybe promote; returns the report (also ``<out>/evaluation.json``)."""
+    from jobs.evaluate_run import Evaluation
+
+    return Evaluation(cfg).run()
+
+
+def protocol_digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summary(report: dict) -> str:
+    lines = []
+    for cand in report["candidates"]:
+        head = f"{cand['tag']}" + (f" (step {cand['step']})" if cand.get("step") is not None else "")
+        lines.append(f"{head}: {cand['world_model']}")
+        for name, m in cand["metrics"].items():
+            interval = (f" [{m['low']:.4g}, {m['high']:.4g}]" if m.get("low") is not None else " [no interval]")
+            lines.append(f"  {name:<34} {m['value']:.4g}{interval}  n={m.get('n', m.get('n_fake'))}")
+    if report.get("promotion"):
+        lines.append(f"promotion: {report['promotion']['decision']}")
+    lines.append(f"report: {report['out']}/{REPORT_FILE}; mlflow run {report['run_id']} in experiment "
+                 f"'{EXPERIMENT}' at {report['tracking_uri']}")
+    last = report["candidates"][-1]["metrics"]
+    final = {name: m for name, m in last.items()}
+    final["samples"] = report["counts"]["samples"]
+    if len(report["candidates"]) > 1:
+        final["by_step"] = [{"tag": c["tag"], "step": c.get("step"),
+                             **{k: v["value"] for k, v in c["metrics"].items()}} for c in report["candidates"]]
+    if report.get("promotion"):
+        final["promotion"] = report["promotion"]
+    final["run_id"] = report["run_id"]
+    lines.append(json.dumps(final, sort_keys=True))
+    return "\n".join(lines)
+
+
+def _work(cfg: EvaluateConfig) -> str:
+    return summary(run(cfg))
+
+
+COMMAND = Command(
+    prog="python -m jobs.evaluate", description=__doc__.splitlines()[0],
+    aliases=(Alias("--world-model", "job.world_model", "world model export directory or MLflow model URI",
+                   metavar="URI"),
+             Alias("--checkpoints", "job.checkpoints", "every checkpoint of a training run (its folder) instead",
+                   metavar="RUN_DIR"),
+             Alias("--tokenizer", "job.tokenizer", "tokenizer export directory or MLflow model URI", metavar="URI"),
+             Alias("--shards", "job.shards", "pixel shards: the real videos", metavar="SHARDS"),
+             Alias("--latents", "job.latents", "latent shards: each sample's conditioning", metavar="LATENTS"),
+             Alias("--split", "job.split", "the split evaluated (val)"),
+             Alias("--samples", "job.samples", "the first N samples of the split", int),
+             Alias("--mode", "job.mode", "scratch, rollout or edit"),
+             Alias("--steps", "job.sampler_steps", "sampler steps", int),
+             Alias("--metrics", "job.metrics", "comma list of fdd,fid,fvd,fvmd,iou,action,loss"),
+             Alias("--fdd-net", "networks.fdd", "DINOv2 ViT-L/14 directory", metavar="DIR"),
+             Alias("--fid-net", "networks.fid", "InceptionV3 weights file", metavar="FILE"),
+             Alias("--fvd-net", "networks.fvd", "I3D weights file", metavar="FILE"),
+             Alias("--segmenter", "networks.segmenter", "segmentation model or gaia2 3D detector directory",
+                   metavar="DIR"),
+             Alias("--tracker", "networks.tracker", "FVMD tracker: lucas-kanade or a TorchScript file"),
+             Alias("--promote", "job.promote", "alias to move if the model beats its holder", metavar="ALIAS"),
+             Alias("--by", "job.by", "with --promote: the deciding metric", metavar="METRIC"),
+             Alias("--name", "job.name", "the evaluation's name"),
+             Alias("--out", "job.out", "output directory"),
+             Alias("--cache", "job.cache", "real-video measurement cache directory"),
+             Alias("--workdir", "job.workdir", "local MLflow database and artifacts"),
+             Alias("--device", "generation.device", "generation: cpu, cuda or auto"),
+             Alias("--num-gpus", "measure.num_gpus", "GPUs per measuring actor", float),
+             Alias("--concurrency", "measure.concurrency", "measuring actors", int)),
+    presets=tuple(PRESETS), build=load_config, work=_work,
+    input_errors=(EvaluationError, GenerateInputError, ModelInputError, SpecError, LatentStatsError,
+                  FileNotFoundError))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return COMMAND.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,353 @@
+"""The evaluation job's steps (``jobs.evaluate`` is its config and command): samples and candidates, generation,
+measurement in an actor pool with the real-video cache, the validation loss, then the report, MLflow and
+promotion (``jobs.evaluate_report``, ``jobs.evaluate_promote``).
+
+Everything a step writes is kept under the output directory and reused by a rerun: generations (skipped when
+their folder records the same spec), fake-video measurements (``measurements/<model>/<settings>/<key>.npz``),
+real-video measurements (the cache), exported checkpoints; the MLflow run continues (``mlflow_run.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from jobs.evaluate import (EXPERIMENT, REPORT_FILE, EvaluateConfig, EvaluationError, metric_names, protocol_digest,
+                           wanted)
+from jobs.evaluate_models import Candidate, checkpoint_candidates, recorded_step, tag_for
+from pipelines.evaluation.cache import FeatureCache, dataset_fingerprint, path_digest
+from pipelines.evaluation.measure import CLIP_METRICS, FRAME_METRICS, MOTION_METRIC, Settings, pack, unpack
+
+MEASURED = ("fdd", "fid", "fvd", "fvmd", "iou", "action")   # the measurements of a video (loss is not one)
+MEASURE_VERSION = "1"                                       # bump when a measurement's code changes its numbers
+
+
+def say(line: str) -> None:
+    print(f"[evaluate] {line}", flush=True)
+
+
+class Evaluation:
+    def __init__(self, cfg: EvaluateConfig) -> None:
+        self.cfg, self.job = cfg, cfg.job
+        self.metrics = wanted(cfg)
+        self.measured = [m for m in self.metrics if m in MEASURED]
+
+    # ------------------------------------------------------------------------------------------- inputs
+    def samples(self) -> list:
+        from jobs.generate_batch import shard_items
+        from pipelines.evaluation.samples import SampleError, ShardIndex
+
+        job = self.job
+        items = shard_items(job.latents, job.split, job.samples, job.mode, job.seed, job.sampler_steps,
+                            job.context_steps, job.tau_start)
+        try:
+            real = ShardIndex(job.shards, job.split)
+        except SampleError as err:
+            raise EvaluationError(str(err)) from None
+        missing = [i.name for i in items if i.name not in real.where]
+        if missing:
+            raise EvaluationError(f"shards {job.shards!r}: split {job.split!r} lacks {len(missing)} of the latent "
+                                  f"shards' samples (e.g. {missing[:3]}); give the pixel shards the latents were "
+                                  f"encoded from")
+        return items
+
+    def candidates(self, out: str) -> list[Candidate]:
+        from jobs.registry import registered_version
+
+        job = self.job
+        if job.checkpoints:
+            return checkpoint_candidates(job.checkpoints, os.path.join(out, "_models", "checkpoints"))
+        ref = registered_version(job.world_model, job.workdir, "world model") or os.path.abspath(job.world_model)
+        return [Candidate(tag_for(ref), ref)]
+
+    def settings(self) -> Settings:
+        n, m = self.cfg.networks, self.cfg.measure
+        networks = {metric: os.path.abspath(getattr(n, field)) for metric, field in
+                    (("fdd", "fdd"), ("fid", "fid"), ("fvd", "fvd"), ("iou", "segmenter")) if metric in self.measured}
+        tracker = n.tracker if n.tracker == "lucas-kanade" else os.path.abspath(n.tracker)
+        return Settings(networks=networks, resolutions={k: list(v) for k, v in n.resolutions.items()},
+                        tracker=tracker, fvmd_cells=m.fvmd_cells, frames_per_video=m.frames_per_video,
+                        clips_per_video=m.clips_per_video, batch_size=m.batch_size)
+
+    def fingerprints(self, settings: Settings) -> dict[str, str]:
+        """Each measurement's identity (what determines its numbers), loading each network once here: a bad path
+        or checkpoint fails now, before anything is generated."""
+        from gaia2.evaluation.features import load_extractor
+        from gaia2.evaluation.fvmd import load_tracker
+
+        s, out = settings, {}
+        for metric in self.measured:
+            if metric in FRAME_METRICS + CLIP_METRICS:
+                size = tuple(s.resolutions[metric]) if metric in s.resolutions else None
+                extractor = load_extractor(metric, s.networks[metric], "cpu", size, s.batch_size)
+                pick = f"frames={s.frames_per_video}" if metric in FRAME_METRICS else f"clips={s.clips_per_video}"
+                out[metric] = f"{extractor.fingerprint}|{pick}|v{MEASURE_VERSION}"
+            elif metric == MOTION_METRIC:
+                tracker = load_tracker(s.tracker)
+                weights = path_digest(s.tracker) if os.path.exists(s.tracker) else ""
+                out[metric] = f"{tracker.name}|{weights}|cells={s.fvmd_cells}|clips={s.clips_per_video}|v{MEASURE_VERSION}"
+            elif metric == "iou":
+                from gaia2.evaluation.agent_iou import load_segmenter
+
+                load_segmenter(s.networks["iou"], "cpu")
+                out[metric] = f"{path_digest(s.networks['iou'])}|v{MEASURE_VERSION}"
+            elif metric == "action":
+                out[metric] = f"ego-motion|v{MEASURE_VERSION}"
+        return out
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        from jobs.evaluate_promote import holder_candidate
+        from jobs.evaluate_report import compute_metrics, track
+        from jobs.runtime import init_ray
+
+        started = time.perf_counter()
+        job, cfg = self.job, self.cfg
+        items = self.samples()
+        keys = [i.name for i in items]
+        name = job.name or self._name()
+        out = os.path.abspath(job.out or os.path.join(job.workdir, "evaluations", name))
+        os.makedirs(out, exist_ok=True)
+        settings = self.settings()
+        fingerprints = self.fingerprints(settings)
+        dataset = dataset_fingerprint(job.shards, job.split)
+        protocol = protocol_digest({"dataset": dataset, "split": job.split, "keys": keys, "mode": job.mode,
+                                    "steps": job.sampler_steps, "seed": job.seed, "context": job.context_steps,
+                                    "tau_start": job.tau_start, "measurements": fingerprints,
+                                    "bootstrap": cfg.bootstrap, "level": cfg.level, "loss_samples": job.loss_samples})
+        candidates = self.candidates(out)
+        holder = holder_candidate(job, candidates[0], protocol) if job.promote else None
+        if holder is not None and holder.candidate is not None:
+            candidates.append(holder.candidate)
+        say(f"{len(keys)} samples of {job.split!r} ({job.mode}, {job.sampler_steps} steps), metrics "
+            f"{', '.join(self.metrics)}; {len(candidates)} model(s): {', '.join(c.tag for c in candidates)} -> {out}")
+        init_ray()
+        failures: list[dict] = []
+        models = {}
+        for cand in candidates:
+            models[cand.tag] = self.generate(cand, items, out, failures)
+        cache_root = os.path.abspath(job.cache or os.path.join(job.workdir, "feature-cache"))
+        caches = {m: FeatureCache(cache_root, dataset, m, fp) for m, fp in fingerprints.items()}
+        digest = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:12]
+        fake_dirs = {c.tag: os.path.join(out, "measurements", c.tag, digest) for c in candidates}
+        if self.measured:
+            self.measure(settings, keys, candidates, out, caches, fake_dirs, failures)
+        losses = {}
+        if "loss" in self.metrics:
+            for cand in candidates:
+                losses[cand.tag] = self.loss(models[cand.tag].world_model, out, cand.tag)
+        results = []
+        for cand in candidates:
+            fake = {k: _read(os.path.join(fake_dirs[cand.tag], f"{k}.npz")) for k in keys}
+            real = {m: {k: caches[m].get(k) for k in keys} for m in caches}
+            metrics, counts = compute_metrics(self.metrics, keys, real, fake, losses.get(cand.tag), cfg)
+            step = cand.step if cand.step is not None else recorded_step(models[cand.tag].world_model)
+            results.append({"tag": cand.tag, "role": cand.role, "world_model": cand.world_model, "step": step,
+                            "checkpoint": cand.source, "models": models[cand.tag].record, "metrics": metrics,
+                            "counts": counts})
+        report = {"name": name, "out": out, "protocol": protocol, "dataset": dataset, "split": job.split,
+                  "mode": job.mode, "metrics_asked": self.metrics, "metric_names": metric_names(self.metrics),
+                  "tracker": settings.tracker, "fingerprints": fingerprints, "candidates": results,
+                  "counts": {"samples": len(keys), "failures": len(failures)}, "failures": failures,
+                  "level": cfg.level, "bootstrap": cfg.bootstrap,
+                  "settings": asdict(settings)}
+        report = track(report, cfg, out, holder)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        _write_json(os.path.join(out, REPORT_FILE), report)
+        return report
+
+    def _name(self) -> str:
+        job = self.job
+        base = os.path.basename(job.checkpoints.split(",")[0].rstrip("/")) if job.checkpoints else tag_for(
+            job.world_model.replace("@", "-at-"))
+        return f"{base}-{job.mode}"[:100]
+
+    # ------------------------------------------------------------------------------------------ generate
+    def generate(self, cand: Candidate, items: list, out: str, failures: list[dict]):
+        """Regenerate every sample with ``cand`` into ``<out>/generations/<tag>/`` (those already there skipped);
+        returns its resolved models."""
+        from jobs.generate import GenerateConfig, GenerateJob, _generate, model_refs, resolve_models
+        from jobs.generate_batch import clear_partial, is_done
+
+        g, job = self.cfg.generation, self.job
+        gen_dir = os.path.join(out, "generations", cand.tag)
+        os.makedirs(gen_dir, exist_ok=True)
+        gcfg = GenerateConfig(preset=self.cfg.preset, device=g.device, precision=g.precision, batch_size=g.batch_size,
+                              concurrency=g.concurrency, num_gpus=g.num_gpus, num_cpus=g.num_cpus,
+                              job=GenerateJob(from_shards=job.latents, world_model=cand.world_model,
+                                              tokenizer=job.tokenizer, workdir=job.workdir, out=gen_dir))
+        refs = model_refs(gcfg.job, g.precision)
+        models = resolve_models(refs, job.workdir, os.path.join(out, "_models", cand.tag))
+        clear_partial(gen_dir)
+        todo = [i for i in items if not is_done(gen_dir, i)]
+        if todo:
+            say(f"{cand.tag}: generating {len(todo)} samples ({len(items) - len(todo)} already done)")
+            t0 = time.perf_counter()
+            for row in _generate(gcfg, todo, models, gen_dir):
+                if row["status"] != "generated":
+                    failures.append({"model": cand.tag, "key": str(row["name"]), "stage": str(row["reject_stage"]),
+                                     "detail": f"{row['reject_reason']}: {row['reject_detail']}"})
+            say(f"{cand.tag}: generated in {time.perf_counter() - t0:.1f} s")
+        return models
+
+    # ------------------------------------------------------------------------------------------- measure
+    def measure(self, settings: Settings, keys: list[str], candidates: list[Candidate], out: str,
+                caches: dict[str, FeatureCache], fake_dirs: dict[str, str], failures: list[dict]) -> None:
+        """Measure every real video some measurement of the cache lacks, and every generation not yet measured,
+        in one pass of the actor pool; results are written as they stream in."""
+        import ray
+
+        from pipelines.evaluation.measure import MeasureVideos
+
+        rows = []
+        for key in keys:
+            missing = [m for m in self.measured if not caches[m].has(key)]
+            if missing:
+                rows.append({"key": key, "side": "real", "tag": "real", "folder": "", "cameras": "",
+                             "wants": ",".join(missing)})
+        reused = len(keys) - len(rows)
+        for cand in candidates:
+            for key in keys:
+                folder = os.path.join(out, "generations", cand.tag, key)
+                have = _read(os.path.join(fake_dirs[cand.tag], f"{key}.npz"))
+                if not os.path.isfile(os.path.join(folder, "spec.json")):
+                    continue   # its generation failed (a failure row says why)
+                if have is not None and all(_has(have, m) for m in self.measured):
+                    continue
+                rows.append({"key": key, "side": "fake", "tag": cand.tag, "folder": folder, "cameras": "",
+                             "wants": ",".join(self.measured)})
+        say(f"measuring {len(rows)} videos ({sum(r['side'] == 'real' for r in rows)} real; {reused} real videos' "
+            f"measurements reused from the cache)")
+        if not rows:
+            return
+        m = self.cfg.measure
+        blocks = max(1, math.ceil(len(rows) / m.rows_per_call))
+        device = "cuda" if m.num_gpus > 0 else "cpu"
+        ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            MeasureVideos, fn_constructor_kwargs={
+                "settings": settings.to_json(), "shards": os.path.abspath(self.job.shards),
+                "latents": os.path.abspath(self.job.latents), "split": self.job.split, "device": device,
+                "num_threads": max(1, int(m.num_cpus))},
+            batch_size=m.rows_per_call, compute=ray.data.ActorPoolStrategy(size=min(m.concurrency, blocks)),
+            num_cpus=m.num_cpus, num_gpus=m.num_gpus)
+        t0 = time.perf_counter()
+        done = 0
+        for row in ds.iter_rows():
+            key, side, tag = str(row["key"]), str(row["side"]), str(row["tag"])
+            if row["status"] != "ok":
+                failures.append({"model": tag, "key": key, "stage": f"measure {side}", "detail": str(row["detail"])})
+                continue
+            arrays = unpack(row["result"])
+            if side == "real":
+                for metric in self.measured:
+                    part = _part(arrays, metric)
+                    if part is not None:
+                        caches[metric].put(key, part)
+            else:
+                os.makedirs(fake_dirs[tag], exist_ok=True)
+                _write_bytes(os.path.join(fake_dirs[tag], f"{key}.npz"), pack(arrays))
+            done += 1
+        say(f"measured {done} videos in {time.perf_counter() - t0:.1f} s")
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def loss(self, model_dir: str, out: str, tag: str) -> dict:
+        """The validation flow loss of the world model in ``model_dir`` on the latent split (a Ray task with the
+        measuring actors' resources); kept in ``measurements/<tag>/loss.json`` for a rerun."""
+        import ray
+
+        path = os.path.join(out, "measurements", tag, f"loss-{self.job.split}-{self.job.loss_samples}-{self.job.seed}.json")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+        m = self.cfg.measure
+        task = ray.remote(num_cpus=m.num_cpus, num_gpus=m.num_gpus)(validation_loss_task)
+        t0 = time.perf_counter()
+        result = ray.get(task.remote(model_dir, os.path.abspath(self.job.latents), self.job.split,
+                                     self.job.loss_samples, self.job.seed, "cuda" if m.num_gpus > 0 else "cpu",
+                                     max(1, int(m.num_cpus))))
+        say(f"{tag}: validation loss {result['val_loss']:.4f} on {int(result['samples'])} samples in "
+            f"{time.perf_counter() - t0:.1f} s")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_json(path, result)
+        return result
+
+
+def validation_loss_task(model_dir: str, latents: str, split: str, max_samples: int | None, seed: int, device: str,
+                         num_threads: int, batch_size: int = 4) -> dict:
+    """The flow loss of the exported world model in ``model_dir`` on ``split`` of latent shards ``latents``: the
+    training objective with no dropout, tau and tasks drawn with ``seed`` (every model sees the same draws)."""
+    import torch
+
+    from gaia2.evaluation.flow_loss import validation_loss
+    from gaia2.export import read_meta
+    from gaia2.world_model.export import FORMAT, load_world_model
+    from pipelines.evaluation.samples import ShardIndex
+    from pipelines.world_model.train_data import MEMBERS, to_samples
+
+    if device == "cpu":
+        torch.set_num_threads(num_threads)
+    model = load_world_model(model_dir, device)
+    meta = read_meta(model_dir, FORMAT)
+    index = ShardIndex(latents, split)
+    keys = index.keys()[:max_samples]
+    cfg = model.cfg
+
+    def batches():
+        for start in range(0, len(keys), batch_size):
+            raw = [index.members(k, MEMBERS) for k in keys[start:start + batch_size]]
+            rows = {m: np.asarray([r[m] for r in raw], dtype=object) for m in MEMBERS}
+            arrays = to_samples(rows, cfg.cameras, cfg.conditioning.max_agents)
+            yield {k: torch.as_tensor(v) for k, v in arrays.items()}
+
+    return validation_loss(model, batches(), meta["latent_mean"], meta["latent_std"], seed=seed, device=device)
+
+
+def _part(arrays: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray] | None:
+    """The arrays of one measurement out of a video's measurements."""
+    names = {"iou": ("iou.inter", "iou.union"), "action": ("motion", "command")}.get(metric, (metric,
+                                                                                                f"{metric}.camera"))
+    if not all(n in arrays for n in names):
+        return None
+    return {"cameras": arrays["cameras"], **{n: arrays[n] for n in names}}
+
+
+def _has(arrays: dict[str, np.ndarray], metric: str) -> bool:
+    return _part(arrays, metric) is not None
+
+
+def _read(path: str) -> dict[str, np.ndarray] | None:
+    try:
+        with open(path, "rb") as f:
+            return unpack(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, value: dict) -> None:
+    _write_bytes(path, json.dumps(value, indent=1, sort_keys=True, default=_plain).encode())
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+__all__ = ["EXPERIMENT", "Evaluation", "validation_loss_task"]
