@@ -9,12 +9,14 @@ histograms of motion direction (8 bins, weighted by magnitude) and of magnitude 
 the clip; the per-video feature vectors of the two sets are compared by the Fréchet distance
 (``gaia2.evaluation.frechet``). The tracker is pluggable (anything with ``name`` and ``__call__(frames) ->
 (tracks (T, K, 2), valid (T, K))``): by default pyramidal Lucas-Kanade (OpenCV), which needs no weights; a learned
-point tracker loaded from a local path can stand in its place, and its name goes into the result.
+point tracker loaded from a local path can stand in its place (``TorchScriptTracker``, called as CoTracker is;
+``load_tracker`` picks either), and its name goes into the result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +25,14 @@ from gaia2.evaluation.frechet import Distance, frechet
 CLIP_FRAMES = 16
 ANGLE_BINS = 8
 MAGNITUDE_EDGES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, np.inf)   # pixels per frame (per frame^2 for acceleration)
+
+
+def grid_points(h: int, w: int, grid: int) -> np.ndarray:
+    """A ``grid`` x ``grid`` lattice over the central 80 % of an h x w frame -> (grid * grid, 2) float32 [x, y],
+    row by row."""
+    ys = np.linspace(0.1 * h, 0.9 * h, grid)
+    xs = np.linspace(0.1 * w, 0.9 * w, grid)
+    return np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
 
 
 class LucasKanade:
@@ -36,9 +46,7 @@ class LucasKanade:
         import cv2
 
         t, h, w = frames.shape[:3]
-        ys = np.linspace(0.1 * h, 0.9 * h, self.grid)
-        xs = np.linspace(0.1 * w, 0.9 * w, self.grid)
-        pts = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 1, 2).astype(np.float32)
+        pts = grid_points(h, w, self.grid)[:, None]                # (K, 1, 2), as OpenCV takes them
         tracks = np.zeros((t, len(pts), 2), np.float32)
         valid = np.ones((t, len(pts)), bool)
         tracks[0] = pts[:, 0]
@@ -53,6 +61,46 @@ class LucasKanade:
             pts = np.where(ok[:, None, None], nxt, pts)          # a lost point stays where it was, marked invalid
             tracks[i], valid[i] = pts[:, 0], ok
         return tracks, valid
+
+
+class TorchScriptTracker:
+    """A learned point tracker saved with TorchScript (``torch.jit.save``), called as CoTracker is:
+    ``module(video (1, T, 3, H, W) float in 0..255, queries (1, K, 3) [t, x, y]) -> (tracks (1, T, K, 2) [x, y],
+    visibility (1, T, K))``; the queries are the ``grid`` x ``grid`` lattice at frame 0. A point counts where the
+    tracker sees it (visibility > 0.5 when it gives probabilities)."""
+
+    def __init__(self, path: str, grid: int = 16, device: str = "cpu") -> None:
+        import torch
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"fvmd tracker: {path}: no such file (expected a TorchScript point tracker "
+                                    f"saved with torch.jit.save; nothing is downloaded)")
+        self.module = torch.jit.load(str(p), map_location=device).eval()
+        self.grid, self.device = grid, torch.device(device)
+        self.name = f"torchscript:{p.name}"
+
+    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        t, h, w = frames.shape[:3]
+        pts = grid_points(h, w, self.grid)
+        queries = np.concatenate([np.zeros((len(pts), 1), np.float32), pts], axis=1)   # (K, 3) [t = 0, x, y]
+        with torch.inference_mode():
+            video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+            tracks, vis = self.module(video[None], torch.from_numpy(queries).to(self.device)[None])
+        if tuple(tracks.shape) != (1, t, len(pts), 2) or tuple(vis.shape) != (1, t, len(pts)):
+            raise ValueError(f"{self.name}: expected tracks (1, {t}, {len(pts)}, 2) and visibility "
+                             f"(1, {t}, {len(pts)}), got {tuple(tracks.shape)} and {tuple(vis.shape)}")
+        valid = vis[0] > 0.5 if vis.is_floating_point() else vis[0].bool()
+        return tracks[0].float().cpu().numpy(), valid.cpu().numpy()
+
+
+def load_tracker(spec: str | None, grid: int = 16, device: str = "cpu") -> LucasKanade | TorchScriptTracker:
+    """None or "lucas-kanade" -> ``LucasKanade(grid)``; anything else is the path of a ``TorchScriptTracker``."""
+    if spec is None or spec == LucasKanade.name:
+        return LucasKanade(grid)
+    return TorchScriptTracker(spec, grid, device)
 
 
 def _histograms(field: np.ndarray, valid: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
