@@ -2,40 +2,30 @@
 
 One step: normalise the latents; draw tau (bimodal logit-normal), the task (scratch / context /
 inpainting), camera dropout and conditioning dropout; build x_tau with the clean latents kept; predict
-the velocity; masked L2 against v = x - eps. All randomness comes from one CPU generator that is part of
-the state, so a resumed run continues bit for bit. The Ray Train job and the plain-PyTorch benchmark
-both drive this class.
+the velocity; masked L2 against v = x - eps (``gaia2.world_model.objective``, shared with validation). All
+randomness comes from one CPU generator that is part of the state, so a resumed run continues bit for bit. The
+Ray Train job and the plain-PyTorch benchmark both drive this class.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from gaia2.flow import TaskSampler, TauSampler, build_inputs, flow_loss, grouped_sums, normalize, tau_buckets
+from gaia2.flow import grouped_sums, tau_buckets
 from gaia2.flow.tasks import TASK_NAMES
 from gaia2.optim import EMA
 from gaia2.world_model.model import WorldModel
+from gaia2.world_model.objective import (CAMERA_KEYS, COND_KEYS, Objective, flow_objective, flow_samplers,
+                                         present_relative)
 from gaia2.world_model.train_config import WorldModelTrainConfig
+
+__all__ = ["CAMERA_KEYS", "COND_KEYS", "Parallelize", "TAU_EDGES", "WorldModelTrainer", "present_relative"]
 
 Parallelize = Callable[[nn.Module], nn.Module]
 TAU_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
-COND_KEYS = ("action", "agents", "agents_valid", "metadata", "clip", "scenario", "scenario_valid")
-CAMERA_KEYS = ("intrinsics", "extrinsics", "distortion")
-
-
-def present_relative(timestamps: Tensor, context_len: Tensor) -> Tensor:
-    """Timestamps (B, T) or per camera (B, T, N) in seconds -> relative to the present: the last context
-    step (step 0 when a sample has no context), its time averaged over the cameras, so that the cameras'
-    offsets from one another are kept."""
-    idx = (context_len - 1).clamp(min=0).to(timestamps.device)
-    present = timestamps[torch.arange(len(idx), device=timestamps.device), idx]       # (B,) or (B, N)
-    if present.ndim == 2:
-        present = present.mean(dim=1)
-    return timestamps - present.reshape(-1, *([1] * (timestamps.ndim - 1)))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -61,8 +51,7 @@ class WorldModelTrainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
         f = cfg.flow
-        self.tau_sampler = TauSampler(f.tau_weights, f.tau_means, f.tau_stds)
-        self.task_sampler = TaskSampler(f.p_scratch, f.p_context, f.p_inpaint, f.moving_inpaint)
+        self.tau_sampler, self.task_sampler = flow_samplers(f)
         if f.measured:
             raise ValueError("flow.latent_mean / flow.latent_std: not set; the training job takes them from the "
                              "latent shards' latent_stats.json (give them explicitly to train without the job)")
@@ -76,36 +65,12 @@ class WorldModelTrainer:
     def lr(self, step: int | None = None) -> float:
         return self.cfg.optim.lr_at(self.step if step is None else step, self.cfg.total_steps)
 
-    def _autocast(self):
-        if self.cfg.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _objective(self, model: nn.Module, batch: dict[str, Tensor], rng: torch.Generator,
-                   dropout: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """-> (loss, per-sample loss (B,), tau (B,), task (B,), velocity target, loss mask)."""
-        f = self.cfg.flow
-        x = normalize(batch["latents"].float(), f.latent_mean, f.latent_std)   # (B, T, N, L, H, W), CPU
-        b, t, n, _, h, w = x.shape
-        eps = torch.randn(x.shape, generator=rng)
-        tau = self.tau_sampler.sample(b, rng)
-        tasks = self.task_sampler.sample(b, t, n, h, w, rng)
-        core = self.model.conditioning
-        camera_keep = core.sample_camera_keep(b, n, generator=rng) if dropout else None
-        keep = core.sample_keep(b, generator=rng) if dropout else None
-        inputs = build_inputs(x, eps, tau, tasks.clean_mask, camera_keep)
-        dev = self.device
-        cond = {k: batch[k].to(dev, non_blocking=True) for k in COND_KEYS if k in batch}
-        camera = {k: batch[k].to(dev, non_blocking=True) for k in CAMERA_KEYS}
-        seconds = present_relative(batch["timestamps"].float(), tasks.context_len).to(dev)
-        with self._autocast():
-            v = model(inputs.x_in.to(dev), inputs.tau.to(dev), cond, seconds, camera,
-                      keep={k: m.to(dev) for k, m in keep.items()} if keep is not None else None,
-                      camera_mask=camera_keep.to(dev) if camera_keep is not None else None, generator=rng)
-        target = (x - eps).to(dev)
-        mask = inputs.loss_mask.to(dev)
-        loss, per_sample = flow_loss(v.float(), target, mask)
-        return loss, per_sample, tau, tasks.task, target, mask
+                   dropout: bool) -> Objective:
+        """-> (loss, per-sample loss (B,), tau (B,), task (B,), velocity target, loss mask); see
+        ``gaia2.world_model.objective.flow_objective`` (dropout drawn from the trained model's encoder)."""
+        return flow_objective(model, batch, rng, self.cfg.flow, self.tau_sampler, self.task_sampler, self.device,
+                              dropout=self.model.conditioning if dropout else None, precision=self.cfg.precision)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor | float]:
         """One optimiser step -> metrics: ``loss``, ``lr``, ``grad_norm``, and per tau bucket / task the sums
