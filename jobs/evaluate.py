@@ -127,7 +127,8 @@ class EvaluateJob(StrictModel):
     sampler_steps: int = Field(50, ge=1, le=1000)
     seed: int = Field(0, ge=0, description="sampler seeds (a hash of seed and key per sample) and bootstrap")
     metrics: str = Field(",".join(METRICS), description="comma list of fdd, fid, fvd, fvmd, iou, action, loss")
-    loss_samples: int | None = Field(None, ge=1, description="validation samples of the flow loss (default: all)")
+    loss_samples: int | None = Field(None, ge=1, description="validation samples of the flow loss (default: "
+                                                             "samples, i.e. the same first N keys)")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                              description="the evaluation's name (default: from the model and mode)")
     out: str | None = Field(None, description="output directory (default <workdir>/evaluations/<name>)")
@@ -263,8 +264,19 @@ def summary(report: dict) -> str:
     if report.get("promotion"):
         final["promotion"] = report["promotion"]
     final["run_id"] = report["run_id"]
-    lines.append(json.dumps(final, sort_keys=True))
+    lines.append(json.dumps(_no_nan(final), sort_keys=True))
     return "\n".join(lines)
+
+
+def _no_nan(value):
+    """NaN (a metric that could not be computed) as JSON null: the last line is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def _work(cfg: EvaluateConfig) -> str:

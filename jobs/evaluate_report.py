@@ -20,10 +20,14 @@ TAG_PREFIX = "gaia2.eval."
 
 
 def _distance(real: list[np.ndarray], fake: list[np.ndarray], cfg, samples: int, **extra) -> dict:
+    """Fréchet distance of the pooled features; the bootstrap resamples whole samples (a video's frames and
+    cameras are not independent draws)."""
     from gaia2.evaluation.frechet import frechet
 
     r, f = np.concatenate(real), np.concatenate(fake)
-    d = frechet(r, f, bootstrap=cfg.bootstrap, level=cfg.level, seed=cfg.job.seed)
+    groups = [np.concatenate([np.full(len(x), i) for i, x in enumerate(side)]) for side in (real, fake)]
+    d = frechet(r, f, bootstrap=cfg.bootstrap, level=cfg.level, seed=cfg.job.seed, real_groups=groups[0],
+                fake_groups=groups[1])
     return {"value": d.value, "low": d.low, "high": d.high, "n": d.n_fake, "n_real": d.n_real, "n_fake": d.n_fake,
             "samples": samples, **extra}
 
@@ -87,7 +91,7 @@ def compute_metrics(metrics: list[str], keys: list[str], real: dict, fake: dict,
             out["action_speed_spearman"] = _missing(len(ok))
             out["action_curvature_sign_agreement"] = _missing(len(ok))
     if "loss" in metrics and loss is not None:
-        out["val_loss"] = _figure(loss["val_loss"], loss.get("low"), loss.get("high"), int(loss["samples"]),
+        out["val_loss"] = _figure(loss["val_loss"], loss.get("val_loss_low"), loss.get("val_loss_high"), int(loss["samples"]),
                                   by_tau={k.removeprefix("val_loss_tau_"): v for k, v in loss.items()
                                           if k.startswith("val_loss_tau_")},
                                   by_task={k.removeprefix("val_loss_task_"): v for k, v in loss.items()

@@ -120,7 +120,8 @@ class Evaluation:
         protocol = protocol_digest({"dataset": dataset, "split": job.split, "keys": keys, "mode": job.mode,
                                     "steps": job.sampler_steps, "seed": job.seed, "context": job.context_steps,
                                     "tau_start": job.tau_start, "measurements": fingerprints,
-                                    "bootstrap": cfg.bootstrap, "level": cfg.level, "loss_samples": job.loss_samples})
+                                    "bootstrap": cfg.bootstrap, "level": cfg.level,
+                                    "loss_samples": job.loss_samples or job.samples})
         candidates = self.candidates(out)
         holder = holder_candidate(job, candidates[0], protocol) if job.promote else None
         if holder is not None and holder.candidate is not None:
@@ -130,14 +131,14 @@ class Evaluation:
         init_ray()
         failures: list[dict] = []
         models = {}
-        for cand in candidates:
-            models[cand.tag] = self.generate(cand, items, out, failures)
+        for cand in candidates:   # the loss alone needs no generation
+            models[cand.tag] = self.generate(cand, items if self.measured else [], out, failures)
         cache_root = os.path.abspath(job.cache or os.path.join(job.workdir, "feature-cache"))
         caches = {m: FeatureCache(cache_root, dataset, m, fp) for m, fp in fingerprints.items()}
         digest = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:12]
         fake_dirs = {c.tag: os.path.join(out, "measurements", c.tag, digest) for c in candidates}
-        if self.measured:
-            self.measure(settings, keys, candidates, out, caches, fake_dirs, failures)
+        measured = self.measure(settings, keys, candidates, out, caches, fake_dirs, failures) if self.measured \
+            else {}
         losses = {}
         if "loss" in self.metrics:
             for cand in candidates:
@@ -154,7 +155,7 @@ class Evaluation:
         report = {"name": name, "out": out, "protocol": protocol, "dataset": dataset, "split": job.split,
                   "mode": job.mode, "metrics_asked": self.metrics, "metric_names": metric_names(self.metrics),
                   "tracker": settings.tracker, "fingerprints": fingerprints, "candidates": results,
-                  "counts": {"samples": len(keys), "failures": len(failures)}, "failures": failures,
+                  "counts": {"samples": len(keys), "failures": len(failures), **measured}, "failures": failures,
                   "level": cfg.level, "bootstrap": cfg.bootstrap,
                   "settings": asdict(settings)}
         report = track(report, cfg, out, holder)
@@ -198,7 +199,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------------------------------- measure
     def measure(self, settings: Settings, keys: list[str], candidates: list[Candidate], out: str,
-                caches: dict[str, FeatureCache], fake_dirs: dict[str, str], failures: list[dict]) -> None:
+                caches: dict[str, FeatureCache], fake_dirs: dict[str, str], failures: list[dict]) -> dict[str, int]:
         """Measure every real video some measurement of the cache lacks, and every generation not yet measured,
         in one pass of the actor pool; results are written as they stream in."""
         import ray
@@ -224,8 +225,10 @@ class Evaluation:
                              "wants": ",".join(self.measured)})
         say(f"measuring {len(rows)} videos ({sum(r['side'] == 'real' for r in rows)} real; {reused} real videos' "
             f"measurements reused from the cache)")
+        counts = {"real_measured": sum(r["side"] == "real" for r in rows), "real_reused": reused,
+                  "fake_measured": sum(r["side"] == "fake" for r in rows)}
         if not rows:
-            return
+            return counts
         m = self.cfg.measure
         blocks = max(1, math.ceil(len(rows) / m.rows_per_call))
         device = "cuda" if m.num_gpus > 0 else "cpu"
@@ -254,6 +257,7 @@ class Evaluation:
                 _write_bytes(os.path.join(fake_dirs[tag], f"{key}.npz"), pack(arrays))
             done += 1
         say(f"measured {done} videos in {time.perf_counter() - t0:.1f} s")
+        return counts
 
     # ---------------------------------------------------------------------------------------------- loss
     def loss(self, model_dir: str, out: str, tag: str) -> dict:
@@ -261,7 +265,8 @@ class Evaluation:
         measuring actors' resources); kept in ``measurements/<tag>/loss.json`` for a rerun."""
         import ray
 
-        path = os.path.join(out, "measurements", tag, f"loss-{self.job.split}-{self.job.loss_samples}-{self.job.seed}.json")
+        n = self.job.loss_samples or self.job.samples
+        path = os.path.join(out, "measurements", tag, f"loss-{self.job.split}-{n}-{self.job.seed}.json")
         try:
             with open(path) as f:
                 return json.load(f)
@@ -271,7 +276,7 @@ class Evaluation:
         task = ray.remote(num_cpus=m.num_cpus, num_gpus=m.num_gpus)(validation_loss_task)
         t0 = time.perf_counter()
         result = ray.get(task.remote(model_dir, os.path.abspath(self.job.latents), self.job.split,
-                                     self.job.loss_samples, self.job.seed, "cuda" if m.num_gpus > 0 else "cpu",
+                                     self.job.loss_samples or self.job.samples, self.job.seed, "cuda" if m.num_gpus > 0 else "cpu",
                                      max(1, int(m.num_cpus))))
         say(f"{tag}: validation loss {result['val_loss']:.4f} on {int(result['samples'])} samples in "
             f"{time.perf_counter() - t0:.1f} s")
@@ -281,14 +286,17 @@ class Evaluation:
 
 
 def validation_loss_task(model_dir: str, latents: str, split: str, max_samples: int | None, seed: int, device: str,
-                         num_threads: int, batch_size: int = 4) -> dict:
+                         num_threads: int, task: str | None = None, batch_size: int = 4) -> dict:
     """The flow loss of the exported world model in ``model_dir`` on ``split`` of latent shards ``latents``: the
-    training objective with no dropout, tau and tasks drawn with ``seed`` (every model sees the same draws)."""
+    training objective with no dropout, tau (and the task, unless ``task`` fixes it) drawn with ``seed`` in one
+    fixed order of samples and batches, so every model sees the same draws. The tau and task distributions are
+    the paper's (every preset trains with them); the latent statistics are the export's own."""
     import torch
 
     from gaia2.evaluation.flow_loss import validation_loss
     from gaia2.export import read_meta
     from gaia2.world_model.export import FORMAT, load_world_model
+    from gaia2.world_model.train_config import paper_flow
     from pipelines.evaluation.samples import ShardIndex
     from pipelines.world_model.train_data import MEMBERS, to_samples
 
@@ -307,7 +315,8 @@ def validation_loss_task(model_dir: str, latents: str, split: str, max_samples: 
             arrays = to_samples(rows, cfg.cameras, cfg.conditioning.max_agents)
             yield {k: torch.as_tensor(v) for k, v in arrays.items()}
 
-    return validation_loss(model, batches(), meta["latent_mean"], meta["latent_std"], seed=seed, device=device)
+    flow = paper_flow().model_copy(update={"latent_mean": meta["latent_mean"], "latent_std": meta["latent_std"]})
+    return validation_loss(model, batches(), flow, seed=seed, device=device, task=task)
 
 
 def _part(arrays: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray] | None:

@@ -69,3 +69,31 @@ def test_fvmd_is_near_zero_for_the_same_motion_and_grows_as_motion_diverges():
                 for speed in (1.5, 2.5, 4.0)]
     assert diverged == sorted(diverged), diverged
     assert same.distance.value < 0.1 * diverged[0], (same.distance.value, diverged)
+
+
+@pytest.mark.parametrize("n1,n2,d", [(50, 60, 200), (300, 250, 64), (40, 3000, 16)])
+def test_the_bootstraps_eigen_path_equals_the_reference(n1, n2, d):
+    """Each bootstrap draw's distance (symmetric eigen-decompositions; the nuclear norm of A1 A2^T when samples are
+    fewer than dimensions) is the reference's sqrtm distance on the same rows."""
+    from gaia2.evaluation.frechet import frechet_features
+
+    rng = np.random.default_rng(n1)
+    a = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d)) * 0.1
+    b = rng.normal(size=(n2, d)) + 0.3
+    ref = frechet_distance(*gaussian(a), *gaussian(b))
+    assert frechet_features(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def test_group_bootstrap_resamples_whole_videos():
+    """Frames of one video move together: with every frame of a video identical, resampling groups is resampling
+    videos, so the interval equals the one over one row per video; and a group count too small gives none."""
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
+    per_video = frechet(real, fake, bootstrap=200, seed=1)
+    frames = frechet(np.repeat(real, 4, 0), np.repeat(fake, 4, 0), bootstrap=200, seed=1,
+                     real_groups=np.repeat(np.arange(40), 4), fake_groups=np.repeat(np.arange(30), 4))
+    assert frames.low < frames.value < frames.high
+    width = lambda d: d.high - d.low   # noqa: E731
+    assert width(frames) == pytest.approx(width(per_video), rel=0.25)
+    few = frechet(real, fake, bootstrap=50, real_groups=np.arange(40) // 10, fake_groups=np.arange(30) // 10)
+    assert few.low is None and few.n_real == 40

@@ -6,8 +6,15 @@
 The matrix square root is scipy's ``sqrtm``, computed as in the reference implementation (pytorch-fid's
 ``calculate_frechet_distance``): a nearly singular product gets ``eps`` on the diagonals, and a tiny imaginary part
 from numerical error is dropped (a large one is an error). The interval resamples each set with replacement and
-takes the percentiles of the distances; a distance is biased upwards at small counts, so compare figures of equal
-counts only.
+takes the percentiles of the distances, centred on the estimate (a resample's distance is biased upwards); a distance is biased upwards at small counts, so compare figures of equal
+counts only. With ``groups`` (e.g. the video each frame came from) whole groups are resampled, since the frames
+of one video are not independent draws.
+
+Each bootstrap draw uses ``frechet_features``, the same distance computed exactly without a general matrix square
+root: the eigenvalues of S1 S2 are those of the symmetric sqrt(S1) S2 sqrt(S1), and with fewer samples than
+dimensions those of (A1 A2^T)(A1 A2^T)^T / ((n1 - 1)(n2 - 1)) for the centred samples A, so the trace term is the
+nuclear norm of an n1 x n2 matrix. It agrees with the reference to numerical precision (tested), and makes 200
+draws of 2048-d Inception features take seconds instead of many minutes.
 """
 
 from __future__ import annotations
@@ -48,6 +55,40 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def frechet_features(x1: np.ndarray, x2: np.ndarray) -> float:
+    """The Fréchet distance of two (n, d) feature sets' Gaussians, by symmetric eigen-decompositions (see above)."""
+    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+    n1, n2, d = len(x1), len(x2), x1.shape[1]
+    mu1, mu2 = x1.mean(0), x2.mean(0)
+    a1, a2 = x1 - mu1, x2 - mu2
+    diff = mu1 - mu2
+    traces = (a1 * a1).sum() / (n1 - 1) + (a2 * a2).sum() / (n2 - 1)
+    if min(n1, n2) <= d:
+        cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    else:
+        s1, s2 = a1.T @ a1 / (n1 - 1), a2.T @ a2 / (n2 - 1)
+        w, v = np.linalg.eigh(s1)
+        root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ s2 @ root), 0, None)).sum()
+    return float(diff.dot(diff) + traces - 2 * cross)
+
+
+def _resample(rng: np.random.Generator, members: list[np.ndarray]) -> np.ndarray:
+    """Row indices of a bootstrap draw: len(members) groups drawn with replacement, all rows of each."""
+    return np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+
+
+def _members(n: int, groups: np.ndarray | None) -> list[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"frechet: {len(groups)} group labels for {n} feature rows")
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+
+
 @dataclass(frozen=True)
 class Distance:
     value: float
@@ -62,17 +103,23 @@ class Distance:
 
 
 def frechet(real: np.ndarray, fake: np.ndarray, bootstrap: int = 0, level: float = 0.95, seed: int = 0,
-            min_bootstrap_count: int = 8) -> Distance:
+            min_bootstrap_count: int = 8, real_groups: np.ndarray | None = None,
+            fake_groups: np.ndarray | None = None) -> Distance:
     """The Fréchet distance of two feature sets, with a percentile bootstrap interval at ``level`` over
-    ``bootstrap`` resamples when each set has at least ``min_bootstrap_count`` rows."""
+    ``bootstrap`` resamples when each set has at least ``min_bootstrap_count`` rows (groups, when given)."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     value = frechet_distance(*gaussian(real), *gaussian(fake))
     low = high = None
-    if bootstrap > 0 and min(len(real), len(fake)) >= min_bootstrap_count:
+    real_members, fake_members = _members(len(real), real_groups), _members(len(fake), fake_groups)
+    if bootstrap > 0 and min(len(real_members), len(fake_members)) >= min_bootstrap_count:
         rng = np.random.default_rng(seed)
-        draws = [frechet_distance(*gaussian(real[rng.integers(0, len(real), len(real))]),
-                                  *gaussian(fake[rng.integers(0, len(fake), len(fake))]))
-                 for _ in range(bootstrap)]
+        draws = []
+        for _ in range(bootstrap):
+            r, f = real[_resample(rng, real_members)], fake[_resample(rng, fake_members)]
+            draws.append(frechet_features(r, f) if min(len(r), len(f)) >= 2 else np.nan)
+        # A resample repeats rows, so its distance is biased upwards (by ~ d / n): the interval is the draws'
+        # spread around the estimate, their own mean shift removed.
         tail = (1.0 - level) / 2 * 100
-        low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+        centred = np.asarray(draws) - np.nanmean(draws) + value
+        low, high = (float(v) for v in np.nanpercentile(centred, [tail, 100 - tail]))
     return Distance(value, low, high, len(real), len(fake))
