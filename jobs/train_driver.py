@@ -65,7 +65,7 @@ def run(spec: ModelSpec, cfg: Any) -> TrainOutcome:
         say(f"[{spec.name}] {note}")
         cfg = cfg.model_copy(update={"workers": workers})
     storage = resolve_storage(cfg.job.storage, workdir)
-    local_dir = os.path.join(os.path.abspath(workdir), f"{spec.name}-jobs", name)
+    local_dir = spec.local_dir(cfg)
     os.makedirs(local_dir, exist_ok=True)
     tags = {"gaia2.job_name": name, "gaia2.storage": storage}
     previous = find_run(spec.experiment, workdir, tags)

@@ -4,8 +4,10 @@ Build the trainer (distributed by ``jobs.parallelize``), restore the newest vali
 (``jobs.checkpoint.restore``: after a worker failure, or when the job is run again under the same name;
 a corrupt or partial latest checkpoint is skipped with a warning), replay the data stream to the saved
 position, then step: rank 0 logs to MLflow and prints the progress line; validation runs on rank 0 (on
-every rank under FSDP, whose forward is collective); every rank writes its part of each checkpoint and
-calls ``ray.train.report`` (a barrier).
+every rank under FSDP, whose forward is collective); the spec's light evaluation, when it has one
+(``ModelSpec.light_eval``: the world model's FDD of a few generations, ``jobs/light_eval.py``), runs at its
+steps and is logged beside the losses; every rank writes its part of each checkpoint and calls
+``ray.train.report`` (a barrier).
 
 Data position: an epoch is one pass over this worker's shard of the train split in a fixed order
 (``preserve_order``) shuffled by a local buffer seeded with ``seed + epoch``; the position is (epoch,
@@ -65,6 +67,29 @@ def checkpoint_candidates(latest) -> list:
             for n in names if n <= latest_name]
 
 
+def light_evaluation(evaluation, step: int, name: str, rank: int, log, last_val: dict[str, float],
+                     last_val_step: int) -> dict[str, float]:
+    """The spec's light evaluation at ``step`` (``ModelSpec.light_eval``), logged beside the losses with its line
+    (and the latest validation loss) on rank 0 -> its metrics ({} elsewhere). A failure is a warning line and no
+    figure: the training goes on (misconfiguration was refused before it started)."""
+    try:
+        result = evaluation(step)
+    except Exception as err:   # never the job's failure
+        where = "" if rank == 0 else f" (rank {rank})"
+        say(f"[{name}] warning: light evaluation at step {step} failed{where}: {type(err).__name__}: {err}; "
+            f"training goes on without it")
+        return {}
+    if result is None or log is None:
+        return {}
+    metrics, text = result
+    log.metrics(metrics, step=step)
+    if "val_loss" in last_val:
+        text += f"; validation loss {last_val['val_loss']:.4g}" + (
+            "" if last_val_step == step else f" (at step {last_val_step})")
+    say(f"[{name}] light evaluation at step {step}: {text}")
+    return metrics
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -86,6 +111,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     trainer = spec.trainer(cfg, device, rank, parallelize)
     log = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     sharded = w.strategy == "fsdp"
+    light = spec.light_eval(trainer, cfg, device, rank, sharded)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 or sharded else None
 
@@ -112,6 +138,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     fail_at, fail_marker = cfg.job.fail_at_step, loop_config["fail_marker"]
     mark_step, mark_time = trainer.step, time.perf_counter()
     last_val: dict[str, float] = {}
+    last_val_step, last_eval = 0, {}
 
     def validate() -> dict[str, float]:
         out, text = spec.validate(trainer, cfg, epoch_batches(val_shard, cfg.data.batch_size), log)
@@ -152,9 +179,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 say(f"[{spec.name}] step {step}/{total} {stage:<4} | loss {values['loss']:.4f} | "
                     f"lr {values['lr']:.2e} | grad {values['grad_norm']:.3f} | {rate:.2f} steps/s | ETA {fmt_time(eta)}")
             if val_shard is not None and (step % s.val_every == 0 or step == total):
-                last_val = validate()
+                last_val, last_val_step = validate(), step
+            if light is not None and light.due(step):
+                last_eval = light_evaluation(light, step, spec.name, rank, log, last_val, last_val_step)
             if step % s.checkpoint_every == 0 or step == total:
-                save_checkpoint(last_val if step == total else {})
+                save_checkpoint({**last_val, **last_eval} if step == total else {})
             if fail_at is not None and step == fail_at and rank == 0 and not os.path.exists(fail_marker):
                 # Test hook: a hard crash of this worker process, once (the marker survives the restart).
                 # Ray Train's controller collects reported checkpoints when it polls the workers, every

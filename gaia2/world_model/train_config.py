@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gaia2.config.base import StrictModel, build_config, derived
 from gaia2.config.training import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, WorkersConfig
@@ -83,10 +83,47 @@ class WorldModelDataConfig(DataConfig):
                           "joined to the samples by key (samples without a row train as scenario-dropped)")
 
 
+class LightEvalConfig(StrictModel):
+    """The training job's light evaluation (``jobs/light_eval.py``): every ``every_steps`` steps and at the last
+    one, the EMA model regenerates the first ``samples`` validation samples from scratch under their own recorded
+    conditioning, the tokenizer decodes them, and the Fréchet DINOv2 distance (FDD) to the same samples' real
+    frames is logged beside the losses (``eval_fdd``, with a bootstrap interval over samples when there are 8 or
+    more). A few samples give a noisy, upward-biased figure: a trend within one run, not the evaluation job's
+    number (``gaia2 evaluate``)."""
+    every_steps: int = Field(0, ge=0, description="evaluate every this many steps and at the last step (0: never)")
+    samples: int = Field(4, ge=1, description="validation samples generated: the first keys (sorted) of the latent "
+                                              "shards' val split")
+    tokenizer: str | None = Field(None, description="the tokenizer whose latents the model trains on (it decodes the "
+                                                    "generations): an export directory or an MLflow models:/ URI")
+    shards: str | None = Field(None, description="the pixel shards the latent shards were encoded from (the real "
+                                                 "frames)")
+    fdd: str | None = Field(None, description="DINOv2 directory (transformers save_pretrained), a local path")
+    resolution: list[int] | None = Field(None, description="[H, W] the frames are resized to for DINOv2, multiples of "
+                                                           "its patch size (null: 448 x 952, the paper's)")
+    sampler_steps: int = Field(10, ge=1, description="Euler steps per generation")
+    frames_per_video: int = Field(4, ge=1, description="frames per camera (spread evenly) measured on each side")
+    batch_size: int = Field(4, ge=1, description="samples generated at once")
+    seed: int = Field(0, ge=0, description="sampler seeds (a hash of seed and key per sample) and the bootstrap")
+
+    @field_validator("resolution")
+    @classmethod
+    def _size(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError(f"expected [H, W] of positive ints, got {value}")
+        return value
+
+
+# What each light-evaluation input is, for the error when it is missing.
+LIGHT_EVAL_INPUTS = {"tokenizer": "the tokenizer whose latents the model trains on, to decode the generations",
+                     "shards": "the pixel shards the latent shards were encoded from, the real frames",
+                     "fdd": "a DINOv2 directory (transformers save_pretrained)"}
+
+
 class WorldModelTrainConfig(TrainConfig):
     model: WorldModelConfig
     flow: FlowConfig
     data: WorldModelDataConfig
+    eval: LightEvalConfig = Field(default_factory=LightEvalConfig)
 
     @model_validator(mode="after")
     def _check_channels(self) -> "WorldModelTrainConfig":
@@ -95,6 +132,14 @@ class WorldModelTrainConfig(TrainConfig):
             if isinstance(value, list) and len(value) != self.model.latent_dim:
                 raise ValueError(f"flow.{name}: {len(value)} channels, the model's latents have "
                                  f"model.latent_dim = {self.model.latent_dim}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_light_eval(self) -> "WorldModelTrainConfig":
+        if self.eval.every_steps > 0:
+            for name, what in LIGHT_EVAL_INPUTS.items():
+                if not getattr(self.eval, name):
+                    raise ValueError(f"eval.{name}: required when eval.every_steps > 0 ({what})")
         return self
 
 

@@ -104,6 +104,15 @@ class ModelSpec(ABC):
         """EMA-model validation over ``batches`` -> (metrics named ``val_*``, the progress line's text).
         ``log`` is rank 0's ``RunLogger`` (for artifacts), None on other ranks."""
 
+    def light_eval(self, trainer: Any, cfg: Any, device: Any, rank: int, sharded: bool) -> Any | None:
+        """The training job's light evaluation (a few generations measured every few steps), or None (this
+        default: none). Built on every rank, cheaply (what it loads, it loads when first run); it has
+        ``due(step) -> bool``, the same on every rank, and is called as ``evaluation(step)`` on every rank where
+        due (a sharded EMA is gathered collectively) -> (metrics named ``eval_*``, the progress line's text) on
+        rank 0, None on the others. The loop logs the metrics beside the losses; an exception it raises is a
+        warning line, never the job's failure."""
+        return None
+
     # --------------------------------------------------------------------------------- serving
     @abstractmethod
     def predict(self, model: nn.Module, model_input: Any) -> Any:
@@ -112,6 +121,10 @@ class ModelSpec(ABC):
     # --------------------------------------------------------------------------------- helpers
     def job_name(self, cfg: Any) -> str:
         return cfg.job.name or f"{self.name}-{cfg.preset}"
+
+    def local_dir(self, cfg: Any) -> str:
+        """Where the driver keeps the job's local outputs (exports, downloads): ``<workdir>/<model>-jobs/<name>``."""
+        return os.path.join(os.path.abspath(cfg.job.workdir), f"{self.name}-jobs", self.job_name(cfg))
 
     def registered_name(self, cfg: Any) -> str:
         return f"gaia2-{self.name}-{cfg.preset}"

@@ -17,7 +17,14 @@ class WorldModelSpec(ModelSpec):
     experiment = "world_model"
     export_format = "gaia2-world-model"
     aliases = (Alias("--shards", "data.shards", "latent shard directory (`gaia2 encode-latents` output)"),
-               *COMMON_ALIASES)
+               *COMMON_ALIASES,
+               Alias("--eval-every", "eval.every_steps", "light evaluation (FDD of a few generations) every N steps "
+                     "and at the end; 0: never", int, "N"),
+               Alias("--eval-tokenizer", "eval.tokenizer", "light evaluation: the tokenizer that encoded the latents "
+                     "(export directory or models:/ URI)", str, "MODEL"),
+               Alias("--eval-shards", "eval.shards", "light evaluation: the pixel shards the latents were encoded "
+                     "from", str, "DIR"),
+               Alias("--eval-fdd-net", "eval.fdd", "light evaluation: DINOv2 directory (local)", str, "DIR"))
     # A conditioning input absent from the data (e.g. no scenario embeddings) leaves its encoder without a
     # gradient, which DDP must be told to expect.
     find_unused_parameters = True
@@ -34,7 +41,13 @@ class WorldModelSpec(ModelSpec):
 
     def resolve(self, cfg):
         """The latent statistics, measured on the tokenizer's latents (the shards' ``latent_stats.json``): filled
-        in where the config leaves them null, and explicit values that differ from them refused."""
+        in where the config leaves them null, and explicit values that differ from them refused. Then the light
+        evaluation's inputs checked, its tokenizer fetched into the job's local directory (``jobs.light_eval``)."""
+        from jobs import light_eval
+
+        return light_eval.resolve(self._resolve_stats(cfg), self.local_dir(cfg))
+
+    def _resolve_stats(self, cfg):
         from gaia2.flow.stats import STATS_FILE, LatentStatsError, read_stats, require_same
         from pipelines.world_model.train_data import PRODUCED_BY
 
@@ -137,11 +150,15 @@ class WorldModelSpec(ModelSpec):
         return {"latent_mean": cfg.flow.latent_mean, "latent_std": cfg.flow.latent_std}
 
     def summary(self, metrics: dict) -> list[str]:
-        m = metrics
-        if "val_loss" not in m:
-            return []
-        return [f"validation: flow loss {m['val_loss']:.4f} (constant-velocity baseline "
-                f"{m['val_baseline_loss']:.4f}, improvement {m['val_improvement']:.3f})"]
+        m, lines = metrics, []
+        if "val_loss" in m:
+            lines.append(f"validation: flow loss {m['val_loss']:.4f} (constant-velocity baseline "
+                         f"{m['val_baseline_loss']:.4f}, improvement {m['val_improvement']:.3f})")
+        if "eval_fdd" in m:
+            interval = f" [{m['eval_fdd_low']:.4g}, {m['eval_fdd_high']:.4g}]" if "eval_fdd_low" in m else ""
+            lines.append(f"light evaluation: FDD {m['eval_fdd']:.4g}{interval} on {int(m['eval_samples'])} "
+                         f"samples")
+        return lines
 
     def trainer(self, cfg, device, rank, parallelize):
         from gaia2.world_model.trainer import WorldModelTrainer
@@ -170,6 +187,13 @@ class WorldModelSpec(ModelSpec):
     def validate(self, trainer, cfg, batches: Iterable[dict], log) -> tuple[dict[str, float], str]:
         out = {f"val_{k}": v for k, v in trainer.evaluate(batches, max_samples=cfg.data.val_samples).items()}
         return out, self.summary(out)[0].removeprefix("validation: ")
+
+    def light_eval(self, trainer, cfg, device, rank, sharded):
+        if cfg.eval.every_steps == 0:
+            return None
+        from jobs.light_eval import LightEvaluation
+
+        return LightEvaluation(cfg, trainer.ema.model, device, rank, sharded)
 
     def predict(self, model, model_input: dict) -> Any:
         """A dict of the forward pass's inputs as arrays (x, tau, timestamps, the conditioning keys,
