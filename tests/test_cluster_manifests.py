@@ -25,7 +25,8 @@ CLUSTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MOUNTED_CONFIGS = {"/mnt/config/shards.yaml": "shards-config.yaml",
                    "/mnt/config/tokenizer.yaml": "tokenizer-config.yaml",
                    "/mnt/config/serve.yaml": "serve.yaml"}
-RAYJOBS = ("rayjob-build-shards.yaml", "rayjob-train-tokenizer.yaml", "rayjob-encode-latents.yaml")
+RAYJOBS = ("rayjob-build-shards.yaml", "rayjob-train-tokenizer.yaml", "rayjob-encode-latents.yaml",
+           "rayjob-evaluate.yaml")
 # The generation service: Serve's config (`serve deploy`), and the RayService carrying the same as serveConfigV2.
 SERVE_CONFIG = "serve-config.yaml"
 RAYSERVICE = "rayservice.yaml"
@@ -166,6 +167,31 @@ def test_tokenizer_config_validates_and_fills_the_gpu_pods():
     # The shard build's windows are long enough for the tokenizer's clips (preflight checks this too).
     shards = _load("shards-config.yaml")
     assert shards["window"]["frames"] >= cfg.model.frames
+
+
+def test_evaluate_config_validates_and_fits_its_gpus(tmp_path):
+    """The evaluation job's arguments build the paper protocol (every metric, n = 1024, a promotion by FDD) once its
+    mounted paths exist, and its generator and measuring actor pools each fit the cluster's GPUs."""
+    job, args = _job_args("rayjob-evaluate.yaml")
+    root = tmp_path / "mnt"
+    mapped = {}
+    for name in vars(args):
+        value = getattr(args, name)
+        if isinstance(value, str) and value.startswith("/mnt/"):
+            local = root / value.lstrip("/")
+            (local.parent if "." in local.name else local).mkdir(parents=True, exist_ok=True)
+            if "." in local.name:
+                local.touch()
+            mapped[name] = str(local)
+    for name, value in mapped.items():
+        setattr(args, name, value)
+    cfg = job.config(args)
+    assert cfg.preset == "paper" and cfg.job.samples == 1024 and cfg.job.sampler_steps == 50
+    assert cfg.job.metrics.split(",") == ["fdd", "fid", "fvd", "fvmd", "iou", "action", "loss"]
+    assert (cfg.job.promote, cfg.job.by) == ("champion", "fdd")
+    gpus = _gpus(_load("rayjob-evaluate.yaml"))
+    assert 0 < cfg.generation.num_gpus * cfg.generation.concurrency <= gpus
+    assert 0 < cfg.measure.num_gpus * cfg.measure.concurrency <= gpus
 
 
 def test_encode_latents_config_validates_and_fits_its_gpus():
