@@ -244,23 +244,31 @@ def protocol_digest(parts: dict) -> str:
 
 
 def summary(report: dict) -> str:
+    """The figures per model, the promotion, where everything is; last, one JSON line: the (last) evaluated
+    model's metrics by name, with ``by_step`` when several checkpoints were evaluated."""
     lines = []
     for cand in report["candidates"]:
         head = f"{cand['tag']}" + (f" (step {cand['step']})" if cand.get("step") is not None else "")
-        lines.append(f"{head}: {cand['world_model']}")
+        role = " [the version @" + str(report.get("promotion", {}).get("alias")) + " held]" \
+            if cand["role"] == "holder" else ""
+        lines.append(f"{head}: {cand['world_model']}{role}")
         for name, m in cand["metrics"].items():
             interval = (f" [{m['low']:.4g}, {m['high']:.4g}]" if m.get("low") is not None else " [no interval]")
             lines.append(f"  {name:<34} {m['value']:.4g}{interval}  n={m.get('n', m.get('n_fake'))}")
+    if report["failures"]:
+        lines.append(f"failures: {len(report['failures'])} (first: {report['failures'][0]['model']} "
+                     f"{report['failures'][0]['key']} at {report['failures'][0]['stage']}: "
+                     f"{report['failures'][0]['detail'][:300]}); all in evaluation.json")
     if report.get("promotion"):
         lines.append(f"promotion: {report['promotion']['decision']}")
     lines.append(f"report: {report['out']}/{REPORT_FILE}; mlflow run {report['run_id']} in experiment "
                  f"'{EXPERIMENT}' at {report['tracking_uri']}")
-    last = report["candidates"][-1]["metrics"]
-    final = {name: m for name, m in last.items()}
+    evaluated = [c for c in report["candidates"] if c["role"] == "evaluated"]
+    final = dict(evaluated[-1]["metrics"])
     final["samples"] = report["counts"]["samples"]
-    if len(report["candidates"]) > 1:
+    if len(evaluated) > 1:
         final["by_step"] = [{"tag": c["tag"], "step": c.get("step"),
-                             **{k: v["value"] for k, v in c["metrics"].items()}} for c in report["candidates"]]
+                             **{k: v["value"] for k, v in c["metrics"].items()}} for c in evaluated]
     if report.get("promotion"):
         final["promotion"] = report["promotion"]
     final["run_id"] = report["run_id"]

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -63,7 +64,10 @@ class Evaluation:
         job = self.job
         if job.checkpoints:
             return checkpoint_candidates(job.checkpoints, os.path.join(out, "_models", "checkpoints"))
-        ref = registered_version(job.world_model, job.workdir, "world model") or os.path.abspath(job.world_model)
+        ref = registered_version(job.world_model, job.workdir, "world model")
+        if ref is None:   # a directory by its absolute path; a runs:/ URI as given (it names one immutable model)
+            ref = job.world_model if urlparse(job.world_model).scheme not in ("", "file") else \
+                os.path.abspath(job.world_model.removeprefix("file://"))
         return [Candidate(tag_for(ref), ref)]
 
     def settings(self) -> Settings:

@@ -254,9 +254,11 @@ def test_promotion_moves_the_alias_only_beyond_the_intervals(latent_shards, toke
     with mlflow_run("world-model", str(work), "register"):
         assert log_and_register(random_dir, name, "world_model") == 1
         assert log_and_register(trained_dir, name, "world_model") == 2
-    common = ["--tokenizer", serve_models[1], "--shards", tokenizer_shards, "--latents", latent_shards, "--workdir",
-              str(work), "--split", "train", "--samples", "16", "--metrics", "loss", "--promote", "champion", "--by",
-              "val_loss"]
+    def args(samples: int = 16) -> list[str]:
+        return ["--tokenizer", serve_models[1], "--shards", tokenizer_shards, "--latents", latent_shards, "--workdir",
+                str(work), "--split", "train", "--samples", str(samples), "--metrics", "loss", "--promote",
+                "champion", "--by", "val_loss"]
+    common = args()
     first, _ = _run(capsys, ["--world-model", f"models:/{name}/1", "--out", str(tmp_path / "e1"), *common])
     assert first["promotion"]["moved"] and "held no version" in first["promotion"]["decision"]
     assert first["val_loss"]["low"] is not None
@@ -265,12 +267,38 @@ def test_promotion_moves_the_alias_only_beyond_the_intervals(latent_shards, toke
     assert "beyond the 95% intervals" in second["promotion"]["decision"] and "from tags of run" in text
     third, _ = _run(capsys, ["--world-model", f"models:/{name}/1", "--out", str(tmp_path / "e3"), *common])
     assert not third["promotion"]["moved"] and "not better" in third["promotion"]["decision"]
+    # Another protocol (12 samples): the holder's tags do not count, so the holder is evaluated in the same run.
+    fourth, text = _run(capsys, ["--world-model", f"models:/{name}/1", "--out", str(tmp_path / "e4"),
+                                 *args(12)])
+    assert "[the version @champion held]" in text and not fourth["promotion"]["moved"]
+    assert "from tags" not in fourth["promotion"]["decision"] and fourth["val_loss"]["n"] == 12
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
     tags = client.get_model_version(name, "2").tags
     assert float(tags["gaia2.eval.val_loss"]) == pytest.approx(second["val_loss"]["value"])
     assert float(tags["gaia2.eval.val_loss.low"]) < float(tags["gaia2.eval.val_loss.high"])
+
+
+def test_a_video_that_cannot_be_read_is_a_counted_failure_not_a_failed_job(tokenizer_shards, latent_shards,
+                                                                          tmp_path):
+    """The measuring stage turns each unreadable video into a failed row naming it; the others are measured."""
+    from pipelines.evaluation.measure import MeasureVideos, Settings, unpack
+    from pipelines.evaluation.samples import ShardIndex
+
+    key = ShardIndex(tokenizer_shards, "val").keys()[0]
+    stage = MeasureVideos(Settings().to_json(), tokenizer_shards, latent_shards, "val")
+    rows = {"key": np.array([key, "no-such-key", key], dtype=object),
+            "side": np.array(["real", "real", "fake"], dtype=object),
+            "tag": np.array(["real", "real", "m"], dtype=object),
+            "folder": np.array(["", "", str(tmp_path / "missing")], dtype=object),
+            "cameras": np.array(["", "", ""], dtype=object), "wants": np.array(["fvmd,action"] * 3, dtype=object)}
+    out = stage(rows)
+    assert list(out["status"]) == ["ok", "failed", "failed"]
+    assert "no-such-key" in out["detail"][1] and "not in the shards" in out["detail"][1]
+    assert "spec.json" in out["detail"][2]
+    arrays = unpack(out["result"][0])
+    assert arrays["fvmd"].shape[0] == len(arrays["cameras"]) and arrays["motion"].shape == (2,)
 
 
 @pytest.mark.parametrize("extra,needle", [
