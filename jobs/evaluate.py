@@ -304,6 +304,8 @@ COMMAND = Command(
              Alias("--samples", "job.samples", "the first N samples of the split", int),
              Alias("--mode", "job.mode", "scratch, rollout or edit"),
              Alias("--steps", "job.sampler_steps", "sampler steps", int),
+             Alias("--context-steps", "job.context_steps", "with --mode rollout: context latents", int),
+             Alias("--tau-start", "job.tau_start", "with --mode edit: the noising flow time", float),
              Alias("--metrics", "job.metrics", "comma list of fdd,fid,fvd,fvmd,iou,action,loss"),
              Alias("--fdd-net", "networks.fdd", "DINOv2 ViT-L/14 directory", metavar="DIR"),
              Alias("--fid-net", "networks.fid", "InceptionV3 weights file", metavar="FILE"),

@@ -150,6 +150,12 @@ class Evaluation:
         results = []
         for cand in candidates:
             fake = {k: _read(os.path.join(fake_dirs[cand.tag], f"{k}.npz")) for k in keys}
+            if self.measured and not any(v is not None for v in fake.values()):
+                first = next((f for f in failures if f["model"] == cand.tag), None)
+                raise EvaluationError(
+                    f"{cand.tag}: none of the {len(keys)} samples could be generated and measured"
+                    + (f" ({sum(f['model'] == cand.tag for f in failures)} failures; first, {first['key']} at "
+                       f"{first['stage']}: {first['detail']})" if first else ""))
             real = {m: {k: caches[m].get(k) for k in keys} for m in caches}
             metrics, counts = compute_metrics(self.metrics, keys, real, fake, losses.get(cand.tag), cfg)
             step = cand.step if cand.step is not None else recorded_step(models[cand.tag].world_model)
