@@ -320,3 +320,17 @@ def test_bad_configuration_is_one_error_line_naming_the_field(extra, needle, lat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_a_model_whose_samples_all_fail_is_an_error_naming_the_first_failure(ray_session, serve_models,
+                                                                             tokenizer_shards, latent_shards,
+                                                                             tmp_path, capsys):
+    """Rolling out with 3 context latents of 3-latent samples cannot work: one error line says why, no report of NaNs."""
+    from jobs.evaluate import main
+
+    argv = ["--world-model", serve_models[0], "--tokenizer", serve_models[1], "--shards", tokenizer_shards,
+            "--latents", latent_shards, "--workdir", str(tmp_path), "--samples", "1", "--mode", "rollout",
+            "--metrics", "fvmd", "--steps", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 samples could be generated and measured" in err and "3 context steps" in err
