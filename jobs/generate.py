@@ -181,7 +181,7 @@ def model_refs(job: GenerateJob, precision: str) -> dict:
             "world_model_uri": job.world_model, "tokenizer_uri": job.tokenizer}
 
 
-def _resolve(ref: str, workdir: str, what: str, download_to: str | None) -> str:
+def resolve_once(ref: str, workdir: str, what: str, download_to: str | None) -> str:
     """``resolve_model``, reusing a registered version already downloaded to ``download_to`` (versions and runs
     are immutable), so a resumed job does not fetch a large model again."""
     from jobs.registry import resolve_model
@@ -213,7 +213,7 @@ def resolve_models(refs: dict, workdir: str, download_to: str | None) -> Models:
     dirs = {}
     for field, what, fmt in (("world_model", "world model", "gaia2-world-model"),
                              ("tokenizer", "tokenizer", "gaia2-tokenizer")):
-        path = _resolve(refs[field], workdir, what, download_to and os.path.join(download_to, field))
+        path = resolve_once(refs[field], workdir, what, download_to and os.path.join(download_to, field))
         try:
             meta = read_meta(path, fmt)
         except (FileNotFoundError, ValueError) as err:   # they name the directory and what is wrong

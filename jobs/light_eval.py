@@ -60,6 +60,7 @@ def _tokenizer_dir(cfg: Any, local_dir: str, say) -> str:
     from urllib.parse import urlparse
 
     from gaia2.export import WEIGHTS_FILE, read_meta
+    from jobs.generate import resolve_once
     from jobs.registry import ModelInputError, registered_version, resolve_model
 
     ref = cfg.eval.tokenizer
@@ -72,7 +73,8 @@ def _tokenizer_dir(cfg: Any, local_dir: str, say) -> str:
     try:
         if urlparse(ref).scheme in ("models", "runs"):
             target = os.path.join(local_dir, "eval-tokenizer", _folder_name(pinned or ref))
-            path = _download(pinned or ref, cfg.job.workdir, target)
+            os.makedirs(target, exist_ok=True)
+            path = resolve_once(pinned or ref, cfg.job.workdir, "tokenizer", target)
             say(f"[world-model] light evaluation: tokenizer {ref} ({pinned or 'run artifact'}) in {path}")
         else:
             path = resolve_model(ref, cfg.job.workdir, "tokenizer")
@@ -105,26 +107,6 @@ def _same_stats(cfg: Any, pinned: str) -> None:
 
 def _folder_name(ref: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in ref.split(":/", 1)[-1].strip("/"))
-
-
-def _download(ref: str, workdir: str, target: str) -> str:
-    """``resolve_model`` into ``target``, reusing an earlier download of the same immutable reference (a registered
-    version or a run's artifact), so a resumed job does not fetch the tokenizer again."""
-    from jobs.registry import resolve_model
-
-    marker = target + ".json"
-    try:
-        with open(marker) as f:
-            cached = json.load(f)
-        if cached["ref"] == ref and os.path.isdir(cached["dir"]):
-            return cached["dir"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    os.makedirs(target, exist_ok=True)
-    path = resolve_model(ref, workdir, "tokenizer", target)
-    with open(marker, "w") as f:
-        json.dump({"ref": ref, "dir": path}, f)
-    return path
 
 
 def _check_dinov2(path: str, resolution: list[int] | None) -> None:
