@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from jobs.evaluate import (EXPERIMENT, REPORT_FILE, EvaluateConfig, EvaluationError, metric_names, protocol_digest,
+from jobs.evaluate import (REPORT_FILE, EvaluateConfig, EvaluationError, metric_names, protocol_digest,
                            wanted)
 from jobs.evaluate_models import Candidate, checkpoint_candidates, recorded_step, tag_for
 from pipelines.evaluation.cache import FeatureCache, dataset_fingerprint, path_digest
@@ -368,5 +368,3 @@ def _plain(value):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-__all__ = ["EXPERIMENT", "Evaluation", "validation_loss_task"]
