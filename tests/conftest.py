@@ -11,7 +11,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_server():
+    """A real S3 API (moto server) on localhost for the session; see tests/s3_helpers.py."""
+    from tests import s3_helpers
+
+    server, process = s3_helpers.start()
+    yield server
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
     import ray
 
     if not ray.is_initialized():

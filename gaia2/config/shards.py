@@ -114,6 +114,28 @@ class ResourcesConfig(StrictModel):
                            "starves the heavy window stage")
 
 
+class RetryConfig(StrictModel):
+    """Transient failures (I/O errors, a lost worker, out of memory) are retried; permanent ones (a broken record
+    or file: ``ClipError``) reject the window at once."""
+    attempts: int = Field(3, ge=1, description="tries of a window's decode, detection, encoding and embedding "
+                                               "before a transient error rejects it")
+    backoff_s: float = Field(0.5, ge=0, description="wait before the second try; doubled before each later one")
+
+
+class GateConfig(StrictModel):
+    """When a build that ran to the end still fails (non-zero exit; everything written is kept)."""
+    max_reject_fraction: float = Field(
+        1.0, ge=0, le=1, description="fail when the rejected share of clips (at ingest) or of selected windows "
+                                     "(in the window stages) is larger; 1 never fails on rejects")
+    min_samples: int = Field(1, ge=0, description="fail when fewer samples than this are written")
+
+
+class LockConfig(StrictModel):
+    """One writer per output: a lock file (object) with its owner and a heartbeat."""
+    heartbeat_s: float = Field(10.0, gt=0, description="how often the holder refreshes the lock")
+    stale_s: float = Field(120.0, gt=0, description="a lock not refreshed for this long is reclaimed")
+
+
 class ShardBuildConfig(StrictModel):
     preset: str = "tiny"
     seed: int = 0
@@ -127,6 +149,9 @@ class ShardBuildConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     shards: ShardWriterConfig = ShardWriterConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    retry: RetryConfig = RetryConfig()
+    gate: GateConfig = GateConfig()
+    lock: LockConfig = LockConfig()
 
 
 def tiny() -> ShardBuildConfig:
