@@ -19,6 +19,7 @@ import functools
 import io
 import os
 import posixpath
+import re
 import uuid
 from typing import Iterator
 
@@ -43,15 +44,31 @@ def _split(location: str) -> tuple[str, str]:
     return base, sep + query
 
 
+# A URI inside any text: scheme:// then everything up to whitespace, a quote or a bracket.
+_URI = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'"<>`]*)""")
+# A secret-looking query parameter left in text outside any URI (``url: /api/x?run=1&token=abc``).
+_SECRET_PARAM = re.compile(r"""([?&][^=&?\s'"]*(?:token|secret|password|passwd|key|signature|credential)"""
+                           r"""[^=&?\s'"]*=)[^&\s'"]*""", re.IGNORECASE)
+
+
+def _redact_uri(match: re.Match) -> str:
+    scheme, rest = match.group(1), match.group(2)
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    # Credentials end at the first "@": a secret may hold an unescaped "/" (AWS secret keys do), so the
+    # authority's end is no guide. A path with an "@" loses its head in the printout, never a secret.
+    _, at, tail = rest.partition("@")
+    return f"{scheme}***@{tail}" if at else f"{scheme}{rest}"
+
+
 def redact(location: str) -> str:
-    """``location`` without credentials or options (``s3://KEY:SECRET@bucket/p?x`` -> ``s3://***@bucket/p``)."""
-    scheme, sep, rest = location.partition("://")
-    if not sep:
-        return location
-    head, at, tail = rest.partition("@")
-    if at and "/" not in head:
-        rest = f"***@{tail}"
-    return f"{scheme}://{rest.split('?', 1)[0]}"
+    """``location`` without credentials or options, for printing and logging: a location
+    (``s3://KEY:SECRET@bucket/p?x`` -> ``s3://***@bucket/p``, ``http://user:pass@host:5000`` ->
+    ``http://***@host:5000``), or any text such as an error message, whose every URI is redacted so.
+    The query is dropped whole (``?endpoint_override=...&token=...``); outside a URI, secret-looking query
+    parameters keep their name (``&token=***``); other text is unchanged."""
+    if "://" in location:
+        location = _URI.sub(_redact_uri, location)
+    return _SECRET_PARAM.sub(r"\1***", location) if "=" in location else location
 
 
 def join(location: str, *parts: str) -> str:

@@ -109,7 +109,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     parallelize = parallelizer(w, cfg.precision, world, device, find_unused=spec.find_unused_parameters)
     trainer = spec.trainer(cfg, device, rank, parallelize)
-    log = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    log = RunLogger.for_loop(loop_config) if rank == 0 else None   # buffers through a tracking outage
     sharded = w.strategy == "fsdp"
     light = spec.light_eval(trainer, cfg, device, rank, sharded)
     train_shard = ray.train.get_dataset_shard("train")
@@ -201,3 +201,5 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 raise RuntimeError(f"the train split gave this worker no full batch of {cfg.data.batch_size} "
                                    f"{spec.batch_noun} (data.batch_size is larger than the worker's share of the split)")
             epoch, position = epoch + 1, 0
+    if log:
+        log.close()   # flush what an outage buffered; what is left, the driver flushes

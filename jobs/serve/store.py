@@ -26,20 +26,12 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from gaia2 import storage
+
 ID = re.compile(r"^[0-9a-f]{32}$")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FINAL = ("done", "failed", "cancelled")
-
-
-def redact(uri: str) -> str:
-    """``uri`` without credentials (``s3://KEY:SECRET@bucket/p`` -> ``s3://***@bucket/p``), for logs and pages."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    head, at, tail = rest.partition("@")
-    if at and "/" not in head:
-        rest = f"***@{tail}"
-    return f"{scheme}://{rest.split('?', 1)[0]}"
+redact = storage.redact   # the service's modules import it from here; one mechanism, gaia2.storage's
 
 
 def new_id() -> str:
