@@ -3,7 +3,9 @@
     python -m jobs.build_shards --source CLIPS --out SHARDS [--preset tiny|paper] [--config FILE] [--set a.b=value ...]
     ray job submit --working-dir . -- python -m jobs.build_shards --source s3://... --out s3://...
 
-Each build is one MLflow run (experiment ``shards``); re-running onto the same output resumes it.
+Each build is one MLflow run (experiment ``shards``); re-running onto the same output resumes it. Exit 2
+with ``error: ...`` for bad input or configuration, an output another build holds, or a finished build that
+fails its gate (``--max-reject-fraction``, ``--min-samples``; everything written is kept).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ EXPERIMENT = "shards"
 
 
 class BuildJob(StrictModel):
-    source: str | None = Field(None, description="clip directory (<root>/<clip_id>/clip.json) or .parquet manifest")
-    out: str | None = Field(None, description="output directory for shards, manifest, rejects, report")
+    source: str | None = Field(None, description="clip directory (<root>/<clip_id>/clip.json) or .parquet manifest; "
+                                                 "a local path or an s3:// / gs:// URI")
+    out: str | None = Field(None, description="output directory for shards, manifest, rejects, report; a local "
+                                              "path or an s3:// / gs:// URI")
     workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
                          description="local MLflow database and artifacts")
 
@@ -54,25 +58,56 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
     return cfg
 
 
-def run(cfg: BuildShardsConfig):
-    """Build with tracking; returns (BuildResult, MLflow run id)."""
+ARTIFACTS = ("report.json", "config.yaml", "geofences.geojson", "manifest.parquet", "rejects.parquet")
+
+
+def _log_outputs(out: str, result) -> None:
+    """The build's report, config, manifest, rejects and plots as run artifacts (fetched first from object storage)."""
+    import tempfile
+
     import mlflow
 
+    from gaia2 import storage
+
+    with tempfile.TemporaryDirectory(prefix="gaia2-build-artifacts-") as tmp:
+        for name in ARTIFACTS:
+            local = os.path.join(tmp, name)
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(storage.join(out, name)))
+            mlflow.log_artifact(local, artifact_path="build")
+        os.makedirs(os.path.join(tmp, "plots"))
+        for plot in result.report.get("plots", []):
+            local = os.path.join(tmp, "plots", storage.basename(plot))
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(plot))
+            mlflow.log_artifact(local, artifact_path="build/plots")
+
+
+def run(cfg: BuildShardsConfig):
+    """Build with tracking; returns (BuildResult, MLflow run id). A build that fails its gate is still logged,
+    then raises ``BuildFailed`` with its summary."""
+    import mlflow
+
+    from gaia2 import storage
     from jobs.runtime import init_ray
     from jobs.tracking import log_config, output_run
-    from pipelines.shards.build import build_shards
+    from pipelines.shards.build import BuildFailed, build_shards
 
-    source, out, workdir = cfg.job.source, cfg.job.out, cfg.job.workdir
+    source, out, workdir = cfg.job.source, storage.absolute(cfg.job.out), cfg.job.workdir
     build = cfg.build()
     init_ray()
     with output_run(EXPERIMENT, workdir, out) as (active, new):
         if new:
             log_config(build.model_dump())
-            mlflow.log_params({"source": source, "out": os.path.abspath(out)})
-        result = build_shards(source, out, build)
+            mlflow.log_params({"source": storage.redact(source), "out": storage.redact(out)})
+        try:
+            result, failed = build_shards(source, out, build), None
+        except BuildFailed as err:
+            result, failed = err.result, err
         report = result.report
         metrics = {f"count.{k}": v for k, v in report["accounting"].items()}
         metrics.update({f"split.{k}": v for k, v in report["splits"].items()})
+        metrics.update({f"reject_fraction.{k}": v for k, v in report["gate"]["reject_fraction"].items()})
         for split, stats in report["balance"].items():
             metrics[f"{split}.entropy_before"] = stats["entropy_before"]
             metrics[f"{split}.entropy_after"] = stats["entropy_after"]
@@ -80,25 +115,30 @@ def run(cfg: BuildShardsConfig):
         metrics["seconds"] = result.seconds
         metrics["clips_per_s"] = report["accounting"]["clips_in"] / max(result.seconds, 1e-9)
         mlflow.log_metrics(metrics)
-        for name in ("report.json", "config.yaml", "geofences.geojson", "manifest.parquet", "rejects.parquet"):
-            mlflow.log_artifact(os.path.join(out, name), artifact_path="build")
-        mlflow.log_artifacts(os.path.join(out, "plots"), artifact_path="build/plots")
-        mlflow.set_tag("fingerprint", result.fingerprint)
+        _log_outputs(out, result)
+        mlflow.set_tags({"fingerprint": result.fingerprint, "gate": "failed" if failed else "passed"})
+        if failed:
+            print(summary(result, active.info.run_id, workdir))
+            raise failed
         return result, active.info.run_id
 
 
 def summary(result, run_id: str, workdir: str) -> str:
+    from gaia2.storage import redact
     from jobs.tracking import tracking_uri
 
     acc, rep = result.report["accounting"], result.report
     return "\n".join([
-        f"shards:   {result.out_dir}/{{train,val}}/shard-*.tar ({rep['shards']['count']} shards; "
+        f"shards:   {redact(result.out_dir)}/{{train,val}}/shard-*.tar ({rep['shards']['count']} shards; "
         f"train {rep['splits']['train']}, val {rep['splits']['val']} samples)",
-        f"manifest: {result.out_dir}/manifest.parquet   rejects: {result.out_dir}/rejects.parquet",
-        f"report:   {result.out_dir}/report.json, plots in {result.out_dir}/plots/",
+        f"manifest: {redact(result.out_dir)}/manifest.parquet   rejects: {redact(result.out_dir)}/rejects.parquet",
+        f"report:   {redact(result.out_dir)}/report.json, plots in {redact(result.out_dir)}/plots/",
+        f"gate:     {'FAILED: ' + '; '.join(rep['gate']['failures']) if rep['gate']['failures'] else 'passed'} "
+        f"(rejected: {rep['gate']['reject_fraction']['clips']:.1%} of clips, "
+        f"{rep['gate']['reject_fraction']['windows']:.1%} of selected windows)",
         f"counts:   {acc['clips_in']} clips in, {acc['clips_rejected']} rejected; {acc['windows_cut']} windows cut, "
         f"{acc['windows_written']} written, {acc['windows_not_selected']} not selected, {acc['windows_failed']} failed",
-        f"mlflow:   run {run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}",
+        f"mlflow:   run {run_id} in experiment '{EXPERIMENT}' at {redact(tracking_uri(workdir))}",
     ])
 
 
@@ -108,10 +148,11 @@ def _work(cfg: BuildShardsConfig) -> str:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    from pipelines.shards.build import OutputConflict
+    from gaia2.storage import StorageError
+    from pipelines.shards.build import BuildFailed, OutputConflict, OutputLocked
     from pipelines.shards.sources import SourceError
 
-    return SourceError, OutputConflict
+    return SourceError, OutputConflict, OutputLocked, BuildFailed, StorageError
 
 
 COMMAND = Command(
@@ -120,7 +161,11 @@ COMMAND = Command(
              Alias("--out", "job.out", "output directory"),
              Alias("--workdir", "job.workdir", "local MLflow database and artifacts"),
              Alias("--seed", "seed", "selection seed (balancing draws)", int),
-             Alias("--clip-path", "embedding.clip_path", "local CLIP vision model directory")),
+             Alias("--clip-path", "embedding.clip_path", "local CLIP vision model directory"),
+             Alias("--max-reject-fraction", "gate.max_reject_fraction",
+                   "fail (exit 2, output kept) when a larger share of clips or selected windows is rejected", float),
+             Alias("--min-samples", "gate.min_samples", "fail (exit 2, output kept) when fewer samples are written",
+                   int)),
     presets=tuple(PRESETS), build=load_config, work=_work, input_errors=_input_errors())
 
 

@@ -38,10 +38,13 @@ class S3Server:
 
 def start() -> tuple[S3Server, object]:
     """Start the server on a free port and point this process's S3 clients at it."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
     from tests.serve_helpers import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

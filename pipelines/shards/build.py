@@ -12,15 +12,20 @@ Output directory:
     rejects.parquet              one row per rejected clip, failed window or window not selected: the stage,
                                  reason and detail (pipelines/rejects.py)
     report.json, plots/*.png     counts, cell distributions and entropies, split counts, reasons
-    config.yaml, geofences.geojson, build.json (fingerprint of config + inputs; resume guard)
+    config.yaml, geofences.geojson, build.json (fingerprint of what decides the bytes; resume guard; written
+                                 whole, ``complete`` last)
+    _lock.json                   while a build runs: its owner and heartbeat (pipelines/shards/output.py)
+
+The output is a local directory or an object-storage prefix (``s3://``, ``gs://``): every file goes through
+``gaia2.storage`` and is published whole. After the build, the gate (``gate.max_reject_fraction``,
+``gate.min_samples``) decides whether it failed; a failed build keeps everything it wrote.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -29,8 +34,8 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import yaml
 
+from gaia2 import storage
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
@@ -41,17 +46,23 @@ from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
 from pipelines.shards.encode import encode_batch, pack_batch
 from pipelines.shards.ingest import ingest_batch
+from pipelines.shards.output import (BUILD_FILE, OutputConflict, OutputLock, OutputLocked, fingerprint, prepare,
+                                     write_build_record)
 from pipelines.shards.plan import Plan, make_plan
 from pipelines.shards.sources import ClipRef, list_clips
 from pipelines.shards.window import window_batch
 from pipelines.shards.write import (SAMPLE_FIELDS, STAGING, assemble_shard, index_path, is_staged, read_index,
-                                    shard_path, stage_batch)
+                                    shard_path, stage_batch, staged_keys)
 
-BUILD_FILE = "build.json"
+__all__ = ["BUILD_FILE", "BuildFailed", "BuildResult", "OutputConflict", "OutputLocked", "build_shards"]
 
 
-class OutputConflict(RuntimeError):
-    """The output directory holds a build of different inputs or configuration."""
+class BuildFailed(RuntimeError):
+    """The build ran to the end but failed its gate (too many rejects, too few samples); its output is kept."""
+
+    def __init__(self, message: str, result: "BuildResult") -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -60,47 +71,6 @@ class BuildResult:
     report: dict
     fingerprint: str
     seconds: float
-
-
-def fingerprint(cfg: ShardBuildConfig, refs: list[ClipRef]) -> str:
-    """Hash of the resolved config and every clip record: same fingerprint, same shards."""
-    h = hashlib.sha256(cfg.model_dump_json().encode())
-    for ref in refs:
-        h.update(ref.ref_id.encode())
-        if ref.record is not None:
-            h.update(ref.record.encode())
-        elif os.path.exists(ref.location):
-            with open(ref.location, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
-def _prepare_output(out_dir: str, cfg: ShardBuildConfig, fp: str, geofences: Geofences) -> bool:
-    """Create or reopen ``out_dir``; returns True when resuming an earlier build of the same inputs."""
-    os.makedirs(out_dir, exist_ok=True)
-    build_file = os.path.join(out_dir, BUILD_FILE)
-    resuming = False
-    if os.path.exists(build_file):
-        with open(build_file) as f:
-            previous = json.load(f)
-        if previous.get("fingerprint") != fp:
-            raise OutputConflict(
-                f"{out_dir} holds a build of different inputs or configuration (fingerprint "
-                f"{previous.get('fingerprint', '?')[:12]} != {fp[:12]}); choose a new --out or delete it")
-        resuming = True
-    else:
-        with open(build_file, "w") as f:
-            json.dump({"fingerprint": fp, "complete": False}, f)
-    # Leftovers of an interrupted write are never complete shards.
-    for root, _, files in os.walk(out_dir):
-        for name in files:
-            if name.endswith(".partial"):
-                os.remove(os.path.join(root, name))
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg.model_dump(), f, sort_keys=True)
-    with open(os.path.join(out_dir, "geofences.geojson"), "w") as f:
-        json.dump(geofences.to_geojson(), f, indent=1, sort_keys=True)
-    return resuming
 
 
 def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
@@ -166,9 +136,9 @@ def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str)
 
 
 def _write_parquet(path: str, table: pa.Table) -> None:
-    tmp = f"{path}.partial"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_atomic(path, sink.getvalue().to_pybytes())
 
 
 MANIFEST_SCHEMA = pa.schema([
@@ -179,15 +149,37 @@ MANIFEST_SCHEMA = pa.schema([
 
 def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
                  log: Callable[[str], None] = print) -> BuildResult:
-    """Run the whole build; resumes onto an existing ``out_dir`` of the same inputs and config."""
+    """Run the whole build; resumes onto an existing ``out_dir`` of the same inputs and config.
+
+    Raises ``OutputLocked`` while another build writes ``out_dir``, ``OutputConflict`` when it holds a build
+    of other inputs, and ``BuildFailed`` (carrying the result) when the finished build fails its gate."""
     started = time.perf_counter()
-    out_dir = os.path.abspath(out_dir)
+    out_dir = storage.absolute(out_dir)
     refs = list_clips(source)
     geofences = Geofences.from_geojson(cfg.split.geofences) if cfg.split.geofences else Geofences.default()
-    fp = fingerprint(cfg, refs)
-    resuming = _prepare_output(out_dir, cfg, fp, geofences)
-    log(f"[shards] {len(refs)} clips from {source} -> {out_dir}" + (" (resuming)" if resuming else ""))
+    with OutputLock(out_dir, cfg.lock.heartbeat_s, cfg.lock.stale_s, log) as lock:
+        result = _build(source, refs, geofences, out_dir, cfg, lock, log, started)
+    failures = gate_failures(result.report, cfg)
+    if failures:
+        raise BuildFailed(f"the build of {storage.redact(out_dir)} failed its gate: {'; '.join(failures)} "
+                          f"(everything written is kept; see rejects.parquet and report.json)", result)
+    return result
 
+
+def gate_failures(report: dict, cfg: ShardBuildConfig) -> list[str]:
+    """Why a finished build fails ``cfg.gate``; empty when it passes."""
+    acc, gate, out = report["accounting"], cfg.gate, []
+    fractions = report["gate"]["reject_fraction"]
+    for what, frac in fractions.items():
+        if frac > gate.max_reject_fraction:
+            out.append(f"{frac:.1%} of {what} rejected > gate.max_reject_fraction {gate.max_reject_fraction:.1%}")
+    if acc["windows_written"] < gate.min_samples:
+        out.append(f"{acc['windows_written']} samples written < gate.min_samples {gate.min_samples}")
+    return out
+
+
+def _build(source: str, refs: list[ClipRef], geofences: Geofences, out_dir: str, cfg: ShardBuildConfig,
+           lock: OutputLock, log: Callable[[str], None], started: float) -> BuildResult:
     timings: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -197,22 +189,28 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
         timings[name] = round(now - mark, 3)
         mark = now
 
-    rows = run_ingest(refs, cfg)
+    rows = run_ingest(refs, cfg)   # reads only: the output is untouched until the fingerprint is checked
     lap("ingest_s")
+    fp = fingerprint(cfg, refs, rows, source, geofences)
+    resuming = prepare(out_dir, cfg, fp, geofences)
+    log(f"[shards] {len(refs)} clips from {storage.redact(source)} -> {storage.redact(out_dir)}"
+        + (" (resuming)" if resuming else ""))
     windows = [r for r in rows if r["kind"] == "window"]
     clip_rejects = [r for r in rows if r["kind"] == "reject"]
     plan = make_plan(windows, cfg, geofences)
     lap("select_s")
     shards = plan.shards()
     done = {s for s in shards if read_index(out_dir, s) is not None}
-    todo = [r for r in plan.selected if r["shard"] not in done and not is_staged(out_dir, r["shard"], r["key"])]
+    staged = staged_keys(out_dir)
+    todo = [r for r in plan.selected if r["shard"] not in done and not is_staged(out_dir, r["shard"], r["key"], staged)]
     log(f"[shards] {len(windows)} windows from {len(refs) - len(clip_rejects)} clips, {len(clip_rejects)} clips "
         f"rejected; {len(plan.selected)} windows selected into {len(shards)} shards "
         f"({len(done)} already complete, {len(todo)} windows to process)")
     run_samples(todo, cfg, out_dir)
     lap("samples_s")
+    lock.check()
     assemble([s for s in shards if s not in done], plan, cfg, out_dir)
-    shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # every shard is assembled
+    storage.rmtree(storage.join(out_dir, STAGING))   # every shard is assembled
     lap("assemble_s")
 
     manifest, failed = [], []
@@ -224,24 +222,32 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
         failed.extend(index["failed"])
     # Failed windows are already reject rows (the shard indexes hold them); ingest and selection add theirs.
     rejects = [reject_row(Reject(r["reject_stage"], r["reject_reason"], r["reject_detail"]), r["clip_id"],
-                          location=r["location"]) for r in clip_rejects]
+                          location=storage.redact(r["location"])) for r in clip_rejects]
     rejects += failed
     rejects += [reject_row(Reject("select", r["reason"], r["detail"]), r["clip_id"], r["key"], r["window"],
                            split=r["split"]) for r in plan.not_selected]
     report = make_report(refs, windows, clip_rejects, plan, manifest, rejects, out_dir)
-    _write_parquet(os.path.join(out_dir, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
-    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects_table(rejects))
-    report["plots"] = write_report_plots(_plot_stats(report, plan, geofences),
-                                         os.path.join(out_dir, "plots"))
+    _write_parquet(storage.join(out_dir, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
+    _write_parquet(storage.join(out_dir, "rejects.parquet"), rejects_table(rejects))
+    report["plots"] = _write_plots(_plot_stats(report, plan, geofences), out_dir)
     lap("report_s")
     report["timings"] = timings
     report["seconds"] = round(time.perf_counter() - started, 3)
+    report["gate"]["failures"] = gate_failures(report, cfg)
     log(f"[shards] done in {report['seconds']:.1f} s ({', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items())})")
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
-    with open(os.path.join(out_dir, BUILD_FILE), "w") as f:
-        json.dump({"fingerprint": fp, "complete": True}, f)
+    storage.write_text(storage.join(out_dir, "report.json"), json.dumps(report, indent=1, sort_keys=True))
+    lock.check()
+    write_build_record(out_dir, fp, complete=True, gate_passed=not report["gate"]["failures"])
     return BuildResult(out_dir, report, fp, report["seconds"])
+
+
+def _write_plots(stats: dict, out_dir: str) -> list[str]:
+    """The report's plots under ``out_dir/plots`` (drawn locally, then published like every other file)."""
+    with tempfile.TemporaryDirectory(prefix="gaia2-plots-") as tmp:
+        paths = write_report_plots(stats, tmp)
+        for path in paths:
+            storage.upload_file(path, storage.join(out_dir, "plots", os.path.basename(path)))
+        return [storage.join(out_dir, "plots", os.path.basename(p)) for p in paths]
 
 
 def make_report(refs: list[ClipRef], windows: list[dict], clip_rejects: list[dict], plan: Plan,
@@ -262,16 +268,20 @@ def make_report(refs: list[ClipRef], windows: list[dict], clip_rejects: list[dic
     if not ok:   # a bug, never bad input: refuse to publish numbers that do not add up
         raise RuntimeError(f"shard build accounting does not reconcile: {accounting}")
     splits = Counter(m["split"] for m in manifest)
-    shard_sizes = {s: os.path.getsize(shard_path(out_dir, s)) for s in plan.shards()}
+    # What the gate judges: the share of clips rejected at ingest, and of selected windows that failed.
+    reject_fraction = {"clips": accounting["clips_rejected"] / max(1, accounting["clips_in"]),
+                       "windows": n_failed / max(1, len(manifest) + n_failed)}
+    shard_sizes = {s: storage.size(shard_path(out_dir, s)) for s in plan.shards()}
     return {
         "accounting": accounting,
         "reasons": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         "bad_input_reasons": dict(sorted(Counter(r["reason"] for r in rejects
                                                  if Reason(r["reason"]).is_bad_input).items())),
         "splits": {s: splits.get(s, 0) for s in ("train", "val")},
+        "gate": {"reject_fraction": {k: round(v, 6) for k, v in reject_fraction.items()}},
         "balance": plan.balance,
         "shards": {"count": len(shard_sizes), "samples_per_shard": plan.samples_per_shard,
-                   "bytes": shard_sizes, "index": {s: os.path.relpath(index_path(out_dir, s), out_dir)
+                   "bytes": shard_sizes, "index": {s: index_path("", s)
                                                    for s in shard_sizes}},
     }
 

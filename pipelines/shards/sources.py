@@ -1,7 +1,8 @@
 """Clip sources: a clip directory or a Parquet manifest, both yielding Clip records (as JSON).
 
 A source only lists; parsing and validation happen in the ingest stage, on Ray workers, so that a
-malformed record becomes a reject row rather than a crash of the driver.
+malformed record becomes a reject row rather than a crash of the driver. Both live on a local disk or
+on object storage (``s3://bucket/clips``, ``gs://bucket/clips/manifest.parquet``; ``gaia2.storage``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gaia2 import storage
 from gaia2.schema.clip import Clip, dumps
 
 
@@ -30,32 +32,36 @@ class ClipRef:
 
 def list_clips(path: str) -> list[ClipRef]:
     """A directory of ``<clip_id>/clip.json`` or a ``.parquet`` manifest -> clip references, sorted."""
-    if path.endswith(".parquet"):
-        return _manifest_refs(path)
-    if os.path.isdir(path):
-        return _clipdir_refs(path)
-    raise SourceError(f"source {path!r}: not a clip directory or a .parquet manifest")
+    try:
+        if storage.basename(path).endswith(".parquet"):
+            return _manifest_refs(path)
+        if storage.is_dir(path) or (storage.is_uri(path) and storage.list_dirs(path)):
+            return _clipdir_refs(path)
+    except (OSError, ValueError) as err:   # a bucket that does not exist, no credentials, a bad URI
+        raise SourceError(f"source {storage.redact(path)!r}: cannot be read ({err})") from None
+    raise SourceError(f"source {storage.redact(path)!r}: not a clip directory or a .parquet manifest")
 
 
 def _clipdir_refs(root: str) -> list[ClipRef]:
-    root = os.path.abspath(root)
+    root = storage.absolute(root)
     refs = []
-    for name in sorted(os.listdir(root)):
-        d = os.path.join(root, name)
-        if os.path.isdir(d) and not name.startswith((".", "_")):
-            refs.append(ClipRef(name, os.path.join(d, "clip.json"), d, None))
+    for name in storage.list_dirs(root):
+        if not name.startswith((".", "_")):
+            d = storage.join(root, name)
+            refs.append(ClipRef(name, storage.join(d, "clip.json"), d, None))
     if not refs:
-        raise SourceError(f"source {root!r}: no clip directories (expected <root>/<clip_id>/clip.json)")
+        raise SourceError(f"source {storage.redact(root)!r}: no clip directories (expected <root>/<clip_id>/clip.json)")
     return refs
 
 
 def _manifest_refs(path: str) -> list[ClipRef]:
-    path = os.path.abspath(path)
+    path = storage.absolute(path)
     try:
-        rows = pq.read_table(path).to_pylist()
+        with storage.open_input(path) as f:
+            rows = pq.read_table(f).to_pylist()
     except (OSError, pa.ArrowException) as err:
-        raise SourceError(f"manifest {path!r}: cannot read ({err})") from None
-    base = os.path.dirname(path)
+        raise SourceError(f"manifest {storage.redact(path)!r}: cannot read ({err})") from None
+    base = storage.dirname(path)
     refs = []
     for i, row in enumerate(rows):
         row = {k: v for k, v in row.items() if v is not None}

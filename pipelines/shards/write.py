@@ -6,22 +6,22 @@ stages each sample as ``_staging/<split>-shard-NNNNNN/<key>.tarpart`` (tar membe
 ``<key>.failed.json`` (its reject: stage, reason, detail); assembly concatenates a shard's staged
 samples in key order, and its index lists the failed ones as rejects-table rows.
 
-Commit order, for resume: staged files are written to a temporary name and renamed; a shard's index
-sidecar is written before its tar is renamed into place, so a tar under its final name always has
-its index; staged files are deleted only after that. A rerun keeps complete shards, reuses staged
-samples of incomplete ones and redoes the rest.
+Commit order, for resume: every file is published whole (``gaia2.storage.write_atomic``: a temporary
+name unique to the writer, then one rename, or a server-side copy on object storage); a shard's index
+sidecar is written before its tar, so a tar under its final name always has its index; staged files
+are deleted only after that. A rerun keeps complete shards, reuses staged samples of incomplete ones
+and redoes the rest. ``out_dir`` is a local directory or an object-storage URI alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict
 
 import numpy as np
 
+from gaia2 import storage
 from gaia2.schema.sample import tar_archive
 from pipelines.rejects import Reject, batch_rejects, reject_columns, reject_row
 
@@ -32,54 +32,62 @@ _PART, _FAILED = ".tarpart", ".failed.json"
 
 
 def shard_path(out_dir: str, shard: str) -> str:
-    return os.path.join(out_dir, f"{shard}.tar")
+    return storage.join(out_dir, f"{shard}.tar")
 
 
 def index_path(out_dir: str, shard: str) -> str:
-    return os.path.join(out_dir, "index", shard.replace("/", "-") + ".json")
+    return storage.join(out_dir, "index", shard.replace("/", "-") + ".json")
 
 
 def staging_dir(out_dir: str, shard: str) -> str:
-    return os.path.join(out_dir, STAGING, shard.replace("/", "-"))
+    return storage.join(out_dir, STAGING, shard.replace("/", "-"))
 
 
 def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
-    """Write via a temporary name; ``durable`` also syncs to disk before the rename (shards, indexes).
-
-    Staged samples skip the sync: a crash that loses one only means that sample is redone.
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Publish ``data`` whole at ``path`` (a local path or a URI); ``durable`` also syncs a local file to disk
+    before the rename (shards, indexes). Staged samples skip the sync: a crash that loses one only means
+    that sample is redone."""
+    storage.write_atomic(path, data, durable)
 
 
 def read_index(out_dir: str, shard: str) -> dict | None:
     """The index of a complete shard, or None if the shard is missing or was left partial."""
-    tar, idx = shard_path(out_dir, shard), index_path(out_dir, shard)
-    if not (os.path.exists(tar) and os.path.exists(idx)):
+    size = storage.size(shard_path(out_dir, shard))
+    if size is None:
         return None
-    with open(idx) as f:
-        index = json.load(f)
-    return index if index.get("bytes") == os.path.getsize(tar) else None
+    try:
+        index = json.loads(storage.read_bytes(index_path(out_dir, shard)))
+    except FileNotFoundError:
+        return None
+    return index if index.get("bytes") == size else None
 
 
-def is_staged(out_dir: str, shard: str, key: str) -> bool:
+def staged_keys(out_dir: str) -> set[tuple[str, str]]:
+    """(staging folder, key) of every staged sample, from one listing (one request per page on object storage)."""
+    out = set()
+    for rel in storage.list_files(storage.join(out_dir, STAGING)):
+        folder, _, name = rel.partition("/")
+        for suffix in (_PART, _FAILED):
+            if name.endswith(suffix):
+                out.add((folder, name[: -len(suffix)]))
+    return out
+
+
+def is_staged(out_dir: str, shard: str, key: str, staged: set[tuple[str, str]] | None = None) -> bool:
+    """Whether ``key`` of ``shard`` is staged; ``staged`` (from ``staged_keys``) saves a lookup per sample."""
+    if staged is not None:
+        return (shard.replace("/", "-"), key) in staged
     d = staging_dir(out_dir, shard)
-    return os.path.exists(os.path.join(d, key + _PART)) or os.path.exists(os.path.join(d, key + _FAILED))
+    return storage.exists(storage.join(d, key + _PART)) or storage.exists(storage.join(d, key + _FAILED))
 
 
 def stage_sample(out_dir: str, shard: str, key: str, sample: bytes, reject: Reject | None) -> None:
     """Stage one sample's tar members, or why it was rejected."""
     d = staging_dir(out_dir, shard)
     if reject is not None:
-        atomic_write(os.path.join(d, key + _FAILED), json.dumps(asdict(reject)).encode(), durable=False)
+        atomic_write(storage.join(d, key + _FAILED), json.dumps(asdict(reject)).encode(), durable=False)
     else:
-        atomic_write(os.path.join(d, key + _PART), sample, durable=False)
+        atomic_write(storage.join(d, key + _PART), sample, durable=False)
 
 
 def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
@@ -91,23 +99,23 @@ def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
     fragments, samples, failed = [], [], []
     for row in sorted(rows, key=lambda r: r["key"]):
         info = {k: row[k] for k in SAMPLE_FIELDS}
-        part, fail = os.path.join(d, row["key"] + _PART), os.path.join(d, row["key"] + _FAILED)
-        if os.path.exists(part):
-            with open(part, "rb") as f:
-                fragments.append(f.read())
+        try:
+            fragments.append(storage.read_bytes(storage.join(d, row["key"] + _PART)))
             samples.append(info)
-        elif os.path.exists(fail):
-            with open(fail) as f:
-                reject = Reject(**json.load(f))
-            failed.append(reject_row(reject, row["clip_id"], row["key"], int(row["window"]), shard, row["split"]))
-        else:
-            raise RuntimeError(f"shard {shard}: sample {row['key']} was never staged")
+            continue
+        except FileNotFoundError:
+            pass
+        try:
+            reject = Reject(**json.loads(storage.read_bytes(storage.join(d, row["key"] + _FAILED))))
+        except FileNotFoundError:
+            raise RuntimeError(f"shard {shard}: sample {row['key']} was never staged") from None
+        failed.append(reject_row(reject, row["clip_id"], row["key"], int(row["window"]), shard, row["split"]))
     data = tar_archive(fragments)
     index = {"shard": shard, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
              "samples": samples, "failed": failed}
     atomic_write(index_path(out_dir, shard), json.dumps(index, sort_keys=True, indent=1).encode())
     atomic_write(shard_path(out_dir, shard), data)
-    shutil.rmtree(d, ignore_errors=True)
+    storage.rmtree(d)
     return index
 
 
