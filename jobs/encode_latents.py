@@ -98,7 +98,24 @@ def log_stats(stats, out_dir: str) -> None:
     mlflow.log_metrics({"latent_mean_min": min(stats.mean), "latent_mean_max": max(stats.mean),
                         "latent_std_min": min(stats.std), "latent_std_max": max(stats.std),
                         "latent_stats_count": stats.count})
-    mlflow.log_artifact(os.path.join(out_dir, STATS_FILE), artifact_path="latents")
+    log_output_file(out_dir, STATS_FILE, "latents")
+
+
+def log_output_file(out_dir: str, name: str, artifact_path: str) -> None:
+    """``out_dir/name`` (a local path or an object-storage URI) as an artifact of the active run."""
+    import tempfile
+
+    import mlflow
+
+    from gaia2 import storage
+
+    if not storage.is_uri(out_dir):
+        mlflow.log_artifact(os.path.join(out_dir, name), artifact_path=artifact_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="gaia2-artifact-") as tmp:
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(storage.read_bytes(storage.join(out_dir, name)))
+        mlflow.log_artifact(os.path.join(tmp, name), artifact_path=artifact_path)
 
 
 def run(cfg: EncodeLatentsConfig):
@@ -106,6 +123,7 @@ def run(cfg: EncodeLatentsConfig):
     The result's ``stats_version`` says which registered version the latent statistics were recorded on."""
     import mlflow
 
+    from gaia2 import storage
     from jobs.registry import record_latent_stats
     from jobs.runtime import init_ray
     from jobs.tracking import log_config, output_run
@@ -113,16 +131,19 @@ def run(cfg: EncodeLatentsConfig):
 
     job, encoding = cfg.job, cfg.encoding()
     version = registered_version(job.tokenizer, job.workdir)
+    # A registered tokenizer is fetched next to the output, or into the workdir when the output is on object storage.
+    local_out = (os.path.join(os.path.abspath(job.workdir), "latents-tokenizer", storage.basename(job.out))
+                 if storage.is_uri(job.out) else os.path.abspath(job.out))
     tokenizer_dir = resolve_tokenizer(version or job.tokenizer, job.workdir,
-                                      download_to=os.path.join(os.path.abspath(job.out), "_tokenizer"))
+                                      download_to=os.path.join(local_out, "_tokenizer"))
     # Bad input fails here, before Ray starts or an MLflow run is opened.
     inputs = check_inputs(job.shards, tokenizer_dir)
     check_output(job.out, inputs, encoding)
     init_ray()
     with output_run(EXPERIMENT, job.workdir, job.out) as (active, new):
         if new:
-            mlflow.log_params({"shards": inputs.shards_dir, "tokenizer_dir": tokenizer_dir,
-                               "out": os.path.abspath(job.out), **encoding.model_dump()})
+            mlflow.log_params({"shards": storage.redact(inputs.shards_dir), "tokenizer_dir": tokenizer_dir,
+                               "out": storage.redact(storage.absolute(job.out)), **encoding.model_dump()})
             log_config({"tokenizer": inputs.tokenizer.model_dump(mode="json")})
             mlflow.set_tags({"tokenizer_sha256": inputs.tokenizer_sha256, "tokenizer": job.tokenizer})
         result = encode_latents(job.shards, tokenizer_dir, job.out, encoding)
@@ -134,7 +155,7 @@ def run(cfg: EncodeLatentsConfig):
                         "seconds": result.seconds, "samples_per_s": report["samples_per_s"]})
         mlflow.log_metrics(metrics)
         for name in ("latents.json", "rejects.parquet"):
-            mlflow.log_artifact(os.path.join(result.out_dir, name), artifact_path="latents")
+            log_output_file(result.out_dir, name, "latents")
         if result.stats is None:   # no latents written (every sample rejected): nothing to measure
             return result, active.info.run_id
         log_stats(result.stats, result.out_dir)
@@ -155,7 +176,9 @@ def stats_line(stats, out_dir: str, version: str | None, tokenizer: str | None =
                  f"models:/NAME/VERSION): the stats are stored with the latent shards only")
     else:
         where = "; no --tokenizer given: the stats are stored with the latent shards only"
-    return f"{stats.summary()}; {stats.source} -> {os.path.join(out_dir, STATS_FILE)}{where}"
+    from gaia2 import storage
+
+    return f"{stats.summary()}; {stats.source} -> {storage.redact(storage.join(out_dir, STATS_FILE))}{where}"
 
 
 def summary(result, run_id: str, workdir: str) -> str:

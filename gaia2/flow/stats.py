@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,11 +62,10 @@ class LatentStats(StrictModel):
     def write(self, directory: str, name: str = STATS_FILE) -> str:
         """Write ``directory/name`` (``latent_stats.json``: the statistics training uses) atomically; returns
         its path."""
-        path = os.path.join(directory, name)
-        tmp = f"{path}.{os.getpid()}.partial"
-        with open(tmp, "w") as f:
-            json.dump(self.model_dump(), f, indent=1)
-        os.replace(tmp, path)
+        from gaia2 import storage
+
+        path = storage.join(directory, name)
+        storage.write_text(path, json.dumps(self.model_dump(), indent=1))
         return path
 
 
@@ -79,12 +77,15 @@ def stats_file(split: str = "train") -> str:
 
 def read_stats(directory: str, name: str = STATS_FILE) -> LatentStats | None:
     """``directory/name`` (default ``latent_stats.json``) -> LatentStats; None when the file does not exist."""
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+    from gaia2 import storage
+
+    path = storage.join(directory, name)
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
         return None
     try:
-        with open(path) as f:
-            return LatentStats.model_validate(json.load(f))
+        return LatentStats.model_validate(json.loads(data))
     except (json.JSONDecodeError, ValueError) as err:
         raise LatentStatsError(f"{path}: not valid latent statistics ({str(err).splitlines()[0]})") from None
 

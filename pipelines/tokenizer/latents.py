@@ -30,10 +30,8 @@ The names the jobs and tests use are importable from here.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gaia2 import storage
 from pipelines.rejects import rejects_table
 from pipelines.shards.write import SAMPLE_FIELDS, STAGING, assemble_shard, read_index, shard_path
 from pipelines.tokenizer.latents_config import (ENCODE_FILE, REPORT_FILE, LatentConfig, LatentInputError,
@@ -77,15 +76,12 @@ class LatentResult:
 
 def _prepare_output(out_dir: str, inputs: LatentInputs, cfg: LatentConfig) -> bool:
     resuming = check_output(out_dir, inputs, cfg)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     if not resuming:
-        with open(os.path.join(out_dir, ENCODE_FILE), "w") as f:
-            json.dump({**fingerprint(inputs, cfg), "shards_dir": inputs.shards_dir,
-                       "tokenizer": inputs.tokenizer_dir}, f, indent=1, sort_keys=True)
-    for root, _, files in os.walk(out_dir):   # leftovers of an interrupted write are never complete files
-        for name in files:
-            if name.endswith(".partial"):
-                os.remove(os.path.join(root, name))
+        storage.write_text(storage.join(out_dir, ENCODE_FILE), json.dumps(
+            {**fingerprint(inputs, cfg), "shards_dir": storage.redact(inputs.shards_dir),
+             "tokenizer": inputs.tokenizer_dir}, indent=1, sort_keys=True))
+    storage.clean_partials(out_dir)   # leftovers of an interrupted write are never complete files
     return resuming
 
 
@@ -128,9 +124,9 @@ def _run_samples(shards: list[str], keys: dict[str, list[str]], inputs: LatentIn
 
 
 def _write_parquet(path: str, table: pa.Table) -> None:
-    tmp = f"{path}.partial"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_atomic(path, sink.getvalue().to_pybytes())
 
 
 def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: LatentConfig | None = None,
@@ -145,7 +141,7 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
     started = time.perf_counter()
     cfg = cfg or LatentConfig()
     inputs = check_inputs(shards_dir, tokenizer_dir)
-    out_dir = os.path.abspath(out_dir)
+    out_dir = storage.absolute(out_dir)
     resuming = _prepare_output(out_dir, inputs, cfg)
     rows = inputs.manifest.select(list(SAMPLE_FIELDS) + ["shard"]).to_pylist()
     by_shard: dict[str, list[dict]] = {s: [] for s in inputs.shards}
@@ -153,7 +149,8 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
         by_shard[r["shard"]].append({f: r[f] for f in SAMPLE_FIELDS})
     done = {s for s in inputs.shards if read_index(out_dir, s) is not None}
     todo = [s for s in inputs.shards if s not in done]
-    log(f"[latents] {len(rows)} samples in {len(inputs.shards)} shards of {inputs.shards_dir} -> {out_dir}"
+    log(f"[latents] {len(rows)} samples in {len(inputs.shards)} shards of {storage.redact(inputs.shards_dir)} -> "
+        f"{storage.redact(out_dir)}"
         + (f" (resuming: {len(done)} shards complete)" if resuming else "")
         + f"; tokenizer {inputs.tokenizer.preset} ({inputs.tokenizer_dir}), mode {cfg.mode}, seed {cfg.seed}")
 
@@ -162,7 +159,7 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
         staged = _run_samples(todo, {s: [r["key"] for r in by_shard[s]] for s in todo}, inputs, cfg, out_dir)
         assemble = ray.remote(num_cpus=cfg.io_cpus)(assemble_shard)
         ray.get([assemble.remote(out_dir, s, by_shard[s]) for s in todo])
-    shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # every shard is assembled
+    storage.rmtree(storage.join(out_dir, STAGING))   # every shard is assembled
 
     written, rejects = set(), []
     for shard in inputs.shards:
@@ -182,10 +179,9 @@ def encode_latents(shards_dir: str, tokenizer_dir: str, out_dir: str, cfg: Laten
     report["latent_stats"] = stats and stats.model_dump()
     if stats is not None:
         stats.write(out_dir)
-    _write_parquet(os.path.join(out_dir, "manifest.parquet"), manifest)
-    _write_parquet(os.path.join(out_dir, "rejects.parquet"), rejects_table(rejects))
-    with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
+    _write_parquet(storage.join(out_dir, "manifest.parquet"), manifest)
+    _write_parquet(storage.join(out_dir, "rejects.parquet"), rejects_table(rejects))
+    storage.write_text(storage.join(out_dir, REPORT_FILE), json.dumps(report, indent=1, sort_keys=True))
     log(f"[latents] done in {seconds:.1f} s: {len(written)} samples written, {len(rejects)} rejected, "
         f"{len(done)} shards already complete; latent statistics: {stats.summary() if stats else 'none'}")
     return LatentResult(out_dir, report, seconds, stats)
@@ -196,14 +192,19 @@ def latent_shards(directory: str) -> list[str]:
     if it is not a directory or holds none."""
     from gaia2.flow.stats import LatentStatsError
 
-    if not os.path.isdir(directory):
-        raise LatentStatsError(f"latents {directory!r}: not a directory (expected latent shards written by "
-                               f"gaia2 encode-latents: train/shard-*.tar, val/shard-*.tar)")
-    tars = sorted(glob.glob(os.path.join(directory, "*", "shard-*.tar")))
-    if not tars:
-        raise LatentStatsError(f"latents {directory!r}: no shards (expected <split>/shard-*.tar, written by "
-                               f"gaia2 encode-latents)")
-    return [os.path.relpath(t, directory)[: -len(".tar")] for t in tars]
+    try:
+        shards = sorted(rel[: -len(".tar")] for rel in storage.list_files(directory)
+                        if rel.count("/") == 1 and rel.split("/")[1].startswith("shard-") and rel.endswith(".tar"))
+        is_dir = bool(shards) or storage.is_dir(directory)
+    except OSError as err:
+        raise LatentStatsError(f"latents {storage.redact(directory)!r}: cannot be read ({err})") from None
+    if not is_dir:
+        raise LatentStatsError(f"latents {storage.redact(directory)!r}: not a directory (expected latent shards "
+                               f"written by gaia2 encode-latents: train/shard-*.tar, val/shard-*.tar)")
+    if not shards:
+        raise LatentStatsError(f"latents {storage.redact(directory)!r}: no shards (expected <split>/shard-*.tar, "
+                               f"written by gaia2 encode-latents)")
+    return shards
 
 
 def scan_latent_shards(directory: str, shards: list[str], num_cpus: float = 0.25
@@ -248,11 +249,12 @@ def merge_moments(directory: str, moments: dict[str, "ChannelMoments"], split: s
                     raise LatentStatsError(f"{shard_path(directory, shard)}: {err}") from None
         return total
 
-    total, source = merged(split), f"{split} split of latent shards {directory}"
+    where = storage.redact(directory)
+    total, source = merged(split), f"{split} split of latent shards {where}"
     if split == "all":
-        source = f"all splits of latent shards {directory}"
+        source = f"all splits of latent shards {where}"
     elif split == "train" and total.count == 0:
-        total, source = merged("all"), f"all splits of latent shards {directory} (no train latents)"
+        total, source = merged("all"), f"all splits of latent shards {where} (no train latents)"
     return total.stats(source)
 
 
@@ -264,7 +266,7 @@ def measure_latent_dir(directory: str, split: str = "train", num_cpus: float = 0
     latents, NaN latents)."""
     from gaia2.flow.stats import stats_file
 
-    directory = os.path.abspath(directory)
+    directory = storage.absolute(directory)
     shards = latent_shards(directory)
     _, moments = scan_latent_shards(directory, shards, num_cpus)
     stats = merge_moments(directory, moments, split)

@@ -7,7 +7,6 @@ Light on purpose (no torch at import), like the stages in ``latents_stages``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationError
 
+from gaia2 import storage
 from gaia2.config.base import ConfigError, StrictModel, format_validation_error
 from pipelines.shards.write import shard_path
 
@@ -77,7 +77,7 @@ class LatentInputs:
 def _sha256_files(paths: list[str]) -> str:
     h = hashlib.sha256()
     for path in paths:
-        with open(path, "rb") as f:
+        with storage.open_input(path) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
@@ -97,7 +97,7 @@ def read_samples(path: str) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     """
     seen: set[str] = set()
     current, members = None, []
-    with tarfile.open(path) as tar:
+    with storage.open_input(path) as f, tarfile.open(fileobj=f) as tar:
         for info in tar:
             if not info.isfile():
                 continue
@@ -144,16 +144,21 @@ def _first_sample(shards_dir: str, shard: str) -> tuple[str, dict]:
 
 def check_inputs(shards_dir: str, tokenizer_dir: str) -> LatentInputs:
     """Check everything that can be checked before any work; raises ``LatentInputError``."""
-    shards_dir, tokenizer_dir = os.path.abspath(shards_dir), os.path.abspath(tokenizer_dir)
-    manifest_path = os.path.join(shards_dir, "manifest.parquet")
-    if not os.path.isdir(shards_dir):
-        raise LatentInputError(f"shards {shards_dir!r}: not a directory (expected a shard build: train/, val/, "
-                               f"manifest.parquet)")
-    if not os.path.isfile(manifest_path):
-        raise LatentInputError(f"shards {shards_dir!r}: no manifest.parquet (not a finished shard build)")
-    tars = sorted(glob.glob(os.path.join(shards_dir, "*", "shard-*.tar")))
-    shards = [os.path.relpath(t, shards_dir)[: -len(".tar")] for t in tars]
-    manifest = pq.read_table(manifest_path)
+    shards_dir, tokenizer_dir = storage.absolute(shards_dir), os.path.abspath(tokenizer_dir)
+    manifest_path = storage.join(shards_dir, "manifest.parquet")
+    try:
+        has_manifest = storage.is_file(manifest_path)
+        shards = sorted(rel[: -len(".tar")] for rel in storage.list_files(shards_dir)
+                        if rel.count("/") == 1 and rel.split("/")[1].startswith("shard-") and rel.endswith(".tar"))
+    except OSError as err:   # no such bucket, no credentials
+        raise LatentInputError(f"shards {storage.redact(shards_dir)!r}: cannot be read ({err})") from None
+    if not has_manifest and not storage.is_dir(shards_dir) and not shards:
+        raise LatentInputError(f"shards {storage.redact(shards_dir)!r}: not a directory (expected a shard build: "
+                               f"train/, val/, manifest.parquet)")
+    if not has_manifest:
+        raise LatentInputError(f"shards {storage.redact(shards_dir)!r}: no manifest.parquet (not a finished shard build)")
+    with storage.open_input(manifest_path) as f:
+        manifest = pq.read_table(f)
     if manifest.num_rows == 0:
         raise LatentInputError(f"shards {shards_dir!r}: the manifest lists no samples")
     missing = sorted(set(manifest.column("shard").to_pylist()) - set(shards))
@@ -183,15 +188,14 @@ def fingerprint(inputs: LatentInputs, cfg: LatentConfig) -> dict:
 
 def check_output(out_dir: str, inputs: LatentInputs, cfg: LatentConfig) -> bool:
     """True if ``out_dir`` holds (part of) this very encoding, to resume; raises if it holds another one."""
-    path = os.path.join(out_dir, ENCODE_FILE)
-    if not os.path.exists(path):
+    try:
+        previous = json.loads(storage.read_bytes(storage.join(out_dir, ENCODE_FILE)))
+    except FileNotFoundError:
         return False
-    with open(path) as f:
-        previous = json.load(f)
     ours = fingerprint(inputs, cfg)
     differ = sorted(k for k in ours if previous.get(k) != ours[k])
     if differ:
-        raise LatentInputError(f"{out_dir} holds latents of other inputs or settings ({', '.join(differ)} "
+        raise LatentInputError(f"{storage.redact(out_dir)} holds latents of other inputs or settings ({', '.join(differ)} "
                                f"differ); choose a new output directory or delete it")
     return True
 
