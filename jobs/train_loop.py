@@ -11,8 +11,10 @@ steps and is logged beside the losses; every rank writes its part of each checkp
 
 Data position: an epoch is one pass over this worker's shard of the train split in a fixed order
 (``preserve_order``) shuffled by a local buffer seeded with ``seed + epoch``; the position is (epoch,
-batches consumed). Resuming re-reads the epoch's first batches and drops them, so the run continues on
-exactly the batches an uninterrupted run would have seen.
+batches consumed). With ``data.weighted`` the shard is this worker's part of the epoch's weighted draws
+(``spec.train_epoch``: a pure function of seed and epoch, ``pipelines/weighted.py``), read in draw order.
+Resuming re-reads the epoch's first batches and drops them, so the run continues on exactly the batches an
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     log = RunLogger.for_loop(loop_config) if rank == 0 else None   # buffers through a tracking outage
     sharded = w.strategy == "fsdp"
     light = spec.light_eval(trainer, cfg, device, rank, sharded)
-    train_shard = ray.train.get_dataset_shard("train")
+    # data.weighted: each epoch's draws are read by this worker itself (spec.train_epoch), not Train's split
+    train_shard = None if cfg.data.weighted else ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 or sharded else None
 
     epoch, position = 0, 0
@@ -157,7 +160,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     while trainer.step < total:
         consumed = 0
-        batches = epoch_batches(train_shard, cfg.data.batch_size, epoch, cfg.seed, cfg.data.shuffle_buffer)
+        source = train_shard if train_shard is not None else spec.train_epoch(cfg, epoch, rank, world)
+        batches = epoch_batches(source, cfg.data.batch_size, epoch, cfg.seed, cfg.data.shuffle_buffer)
         for i, rows in enumerate(batches):
             consumed = i + 1
             if i < position:

@@ -62,6 +62,8 @@ class DataConfig(StrictModel):
     val_samples: int = Field(ge=1, description="validation rows evaluated (the first ones of the val split)")
     read_cpus: float = Field(0.5, gt=0, description="logical CPUs per Ray Data read / decode task")
     read_batch: int = Field(4, ge=1, description="samples per read / decode task call")
+    weighted: bool = Field(True, description="draw each training epoch's samples in proportion to the manifest's "
+                                             "weights (with replacement; validation stays unweighted)")
 
 
 class WorkersConfig(StrictModel):

@@ -69,7 +69,8 @@ class ModelSpec(ABC):
 
     @abstractmethod
     def datasets(self, cfg: Any) -> dict:
-        """{"train", "val"} Ray datasets (called once Ray is up)."""
+        """{"train", "val"} Ray datasets (called once Ray is up). With ``data.weighted`` the loop reads the
+        train split through ``train_epoch`` instead of "train" (which stays the unweighted stream)."""
 
     @abstractmethod
     def build_model(self, cfg: Any) -> nn.Module:
@@ -87,6 +88,11 @@ class ModelSpec(ABC):
     @abstractmethod
     def trainer(self, cfg: Any, device: Any, rank: int, parallelize: Callable[[nn.Module], nn.Module]) -> Any:
         """The model's trainer (see the module docstring) on ``device``, distributed by ``parallelize``."""
+
+    @abstractmethod
+    def train_epoch(self, cfg: Any, epoch: int, rank: int, world: int) -> Any:
+        """Worker ``rank``'s part of weighted training ``epoch`` (``data.weighted``): a Ray dataset of the rows
+        "train" has, the samples drawn in proportion to the manifest's weights (``pipelines/weighted.py``)."""
 
     def batch(self, rows: dict) -> Any:
         """A Ray Data batch (dict of CPU tensors) -> the trainer's ``train_step`` input."""

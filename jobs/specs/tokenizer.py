@@ -69,6 +69,13 @@ class TokenizerSpec(ModelSpec):
 
         return {"train": split("train"), "val": split("val").limit(d.val_samples)}
 
+    def train_epoch(self, cfg, epoch, rank, world):
+        from pipelines.tokenizer.train_data import weighted_clip_dataset
+
+        d, m = cfg.data, cfg.model
+        return weighted_clip_dataset(d.shards, m.height, m.width, d.read_cpus, d.read_batch, cfg.seed, epoch, rank,
+                                     world).select_columns(["frames"])
+
     def build_model(self, cfg):
         from gaia2.tokenizer.model import Tokenizer
 

@@ -139,6 +139,16 @@ class WorldModelSpec(ModelSpec):
 
         return {"train": split("train"), "val": split("val").limit(d.val_samples)}
 
+    def train_epoch(self, cfg, epoch, rank, world):
+        import os
+
+        from pipelines.world_model.train_data import weighted_sample_dataset
+
+        d, m = cfg.data, cfg.model
+        return weighted_sample_dataset(d.shards, m.cameras, m.conditioning.max_agents, d.read_cpus, d.read_batch,
+                                       cfg.seed, epoch, rank, world, os.path.abspath(d.scenario) if d.scenario else None,
+                                       m.conditioning.scenario_dim)
+
     def build_model(self, cfg):
         from gaia2.world_model.model import WorldModel
 

@@ -6,6 +6,9 @@ of the views this does). Videos are decoded by Ray Data tasks at the tokenizer's
 training loop only crops in time and converts to float. With ``preserve_order`` (set by the job's
 DataConfig) rows arrive in shard order, which together with a seeded local shuffle makes an epoch's
 batches reproducible, and so lets a resumed run replay its data position exactly.
+
+``weighted_clip_dataset`` is the training split as ``data.weighted`` reads it: the epoch's samples drawn in
+proportion to the manifest's weights (``pipelines/weighted.py``), each drawn sample giving all its cameras.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 import ray
 
 from gaia2.tokenizer.clips import sample_videos
+from pipelines import weighted
 from pipelines.splits import DataError, first_sample, split_counts, split_files
 
-__all__ = ["DataError", "PRODUCED_BY", "clip_dataset", "decode_clips", "split_files", "split_summary"]
+__all__ = ["DataError", "PRODUCED_BY", "clip_dataset", "decode_clips", "split_files", "split_summary",
+           "weighted_clip_dataset"]
 
 
 PRODUCED_BY = "gaia2 shards build"
@@ -58,10 +63,23 @@ def decode_clips(batch: dict[str, np.ndarray], height: int, width: int) -> dict[
             "key": np.array(keys, dtype=object), "camera": np.array(cameras, dtype=object)}
 
 
+def _members(name: str) -> bool:
+    return name == "json" or name.endswith(".mp4")
+
+
 def clip_dataset(files: list[str], height: int, width: int, decode_cpus: float,
                  decode_batch: int) -> ray.data.Dataset:
     """Rows ``{frames (T, H, W, 3) uint8, key, camera}`` from ``files`` (read and decoded on Ray Data)."""
-    ds = ray.data.read_webdataset(files, suffixes=lambda name: name == "json" or name.endswith(".mp4"),
-                                  decoder=None, num_cpus=decode_cpus)
+    ds = ray.data.read_webdataset(files, suffixes=_members, decoder=None, num_cpus=decode_cpus)
     return ds.map_batches(decode_clips, fn_kwargs={"height": height, "width": width}, batch_size=decode_batch,
                           batch_format="numpy", num_cpus=decode_cpus)
+
+
+def weighted_clip_dataset(shards: str, height: int, width: int, decode_cpus: float, decode_batch: int, seed: int,
+                          epoch: int, rank: int = 0, world: int = 1, split: str = "train") -> ray.data.Dataset:
+    """Worker ``rank``'s rows of weighted ``epoch`` (``pipelines.weighted.epoch_dataset``), in draw order:
+    ``{frames (T, H, W, 3) uint8, key, camera}``, one row per camera of each drawn sample."""
+    ds = weighted.epoch_dataset(shards, split, PRODUCED_BY, _members, seed, epoch, rank, world, decode_cpus,
+                                decode_batch)
+    return weighted.ordered(ds.map_batches(decode_clips, fn_kwargs={"height": height, "width": width},
+                                           batch_size=decode_batch, batch_format="numpy", num_cpus=decode_cpus))

@@ -5,6 +5,8 @@ Each sample's json and arrays are turned into the world model's inputs at the la
 With ``preserve_order`` (the job's DataConfig) and a seeded local shuffle, an epoch's batches are
 reproducible, which is what lets a resumed run replay its data position exactly. With ``data.scenario``
 (``pipelines/world_model/scenario.py``) each sample also gets its scenario vector and ``scenario_valid``.
+``weighted_sample_dataset`` is the training split as ``data.weighted`` reads it: the epoch's samples drawn in
+proportion to the manifest's weights (``pipelines/weighted.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 import ray
 
 from gaia2.world_model.sample import FIELDS, SampleError, world_model_sample
+from pipelines import weighted
 from pipelines.splits import DataError, first_sample, split_counts, split_files
 from pipelines.world_model import scenario as scenario_table
 
 __all__ = ["DataError", "MEMBERS", "PRODUCED_BY", "first_sample", "sample_dataset", "split_counts", "split_files",
-           "to_samples"]
+           "to_samples", "weighted_sample_dataset"]
 
 MEMBERS = ("json", "latents.npy", "boxes.npy", "boxes_valid.npy", "clip.npy")
 PRODUCED_BY = "gaia2 encode-latents"
@@ -51,10 +54,26 @@ def to_samples(batch: dict[str, np.ndarray], cameras: int, max_agents: int, scen
     return out
 
 
+def _members(name: str) -> bool:
+    return name in MEMBERS
+
+
 def sample_dataset(files: list[str], cameras: int, max_agents: int, read_cpus: float, read_batch: int,
                    scenario: str | None = None, scenario_dim: int = 0) -> ray.data.Dataset:
     """Rows of stacked world-model inputs from latent shard ``files`` (read and converted on Ray Data)."""
-    ds = ray.data.read_webdataset(files, suffixes=lambda name: name in MEMBERS, decoder=None, num_cpus=read_cpus)
+    ds = ray.data.read_webdataset(files, suffixes=_members, decoder=None, num_cpus=read_cpus)
     return ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents,
                                                  "scenario": scenario, "scenario_dim": scenario_dim},
                           batch_size=read_batch, batch_format="numpy", num_cpus=read_cpus)
+
+
+def weighted_sample_dataset(shards: str, cameras: int, max_agents: int, read_cpus: float, read_batch: int, seed: int,
+                            epoch: int, rank: int = 0, world: int = 1, scenario: str | None = None,
+                            scenario_dim: int = 0, split: str = "train") -> ray.data.Dataset:
+    """Worker ``rank``'s samples of weighted ``epoch`` (``pipelines.weighted.epoch_dataset``) as stacked
+    world-model inputs, in draw order."""
+    ds = weighted.epoch_dataset(shards, split, PRODUCED_BY, _members, seed, epoch, rank, world, read_cpus,
+                                read_batch)
+    return weighted.ordered(ds.map_batches(to_samples, fn_kwargs={"cameras": cameras, "max_agents": max_agents,
+                                                                  "scenario": scenario, "scenario_dim": scenario_dim},
+                                           batch_size=read_batch, batch_format="numpy", num_cpus=read_cpus))
