@@ -32,8 +32,8 @@ import numpy as np
 from gaia2 import storage
 from pipelines.splits import DataError, split_files
 
-__all__ = ["epoch_dataset", "epoch_draws", "manifest_weights", "ordered", "read_members", "shard_index",
-           "worker_draws"]
+__all__ = ["check_weights", "epoch_dataset", "epoch_draws", "locate", "manifest_weights", "ordered", "read_members",
+           "shard_index", "worker_draws"]
 
 _SALT = 0x6A1A2   # keeps these draws apart from other generators seeded with the run's seed
 
