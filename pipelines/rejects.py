@@ -3,9 +3,10 @@ them, and the one row layout of every rejects table (the shard build's, the late
 
 A batch carries three string columns, all empty while its row is fine:
     reject_stage    the stage that gave up on the row: the shard build's ingest, decode, detect, encode,
-                    embed, pack (and select, for windows left out); latent encoding's read, decode
+                    embed, pack (and select, for windows left out); latent encoding's read, decode, encode
     reject_reason   a ``Reason`` value (gaia2/schema/errors.py), what data engineers filter on
-    reject_detail   for a person: which camera, which frame, which exception
+    reject_detail   for a person: which camera, which frame, which exception; "transient error after 3
+                    attempts: ..." for a row whose retries ran out (pipelines/retry.py)
 A stage runs its work only on rows not yet rejected and passes the others' columns on unchanged.
 Reason and detail stay apart all the way from the stage that finds the failure to the table: no
 string is built to be parsed back.
@@ -14,12 +15,16 @@ string is built to be parsed back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from gaia2.schema.errors import ClipError, Reason
+from pipelines.retry import RetriesExhausted, retrying
+
+if TYPE_CHECKING:
+    from gaia2.config.shards import RetryConfig
 
 T = TypeVar("T")
 REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")
@@ -41,9 +46,11 @@ class Reject:
     @classmethod
     def of(cls, stage: str, err: Exception, fallback: Reason) -> "Reject":
         """A ``ClipError`` keeps its reason and detail; any other exception is ``fallback``, with the
-        exception's type and message as the detail."""
+        exception's type and message as the detail (retries that ran out: how many, and the last error)."""
         if isinstance(err, ClipError):
             return cls(stage, err.reason.value, err.detail)
+        if isinstance(err, RetriesExhausted):
+            return cls(stage, fallback.value, str(err))
         return cls(stage, fallback.value, f"{type(err).__name__}: {err}")
 
     def columns(self) -> dict[str, str]:
@@ -66,11 +73,14 @@ def reject_columns(rejects: Sequence[Reject | None]) -> dict[str, np.ndarray]:
 
 
 def map_rows(fn: Callable[[int], T], n: int, stage: str, fallback: Reason, default: T,
-             rejects: Sequence[Reject | None] | None = None) -> tuple[list[T], list[Reject | None]]:
+             rejects: Sequence[Reject | None] | None = None, *,
+             retry: RetryConfig | None = None) -> tuple[list[T], list[Reject | None]]:
     """Run ``fn(i)`` for each row i < n not already rejected; a failure rejects its row, never the batch.
 
-    Returns each row's result (``default``, one shared object, for a row rejected before or here)
-    and its reject (None for a row that is fine): see ``Reject.of`` for how an exception becomes one.
+    With ``retry``, a row that fails transiently is tried again (``pipelines.retry.retrying``) before it is
+    rejected; without, every failure rejects at once. Returns each row's result (``default``, one shared
+    object, for a row rejected before or here) and its reject (None for a row that is fine): see
+    ``Reject.of`` for how an exception becomes one.
     """
     results: list[T] = [default] * n
     out = list(rejects) if rejects is not None else [None] * n
@@ -78,7 +88,7 @@ def map_rows(fn: Callable[[int], T], n: int, stage: str, fallback: Reason, defau
         if out[i] is not None:
             continue
         try:
-            results[i] = fn(i)
+            results[i] = fn(i) if retry is None else retrying(lambda: fn(i), retry)
         except Exception as err:   # a bad sample must not take the job down: it becomes a reject row
             out[i] = Reject.of(stage, err, fallback)
     return results, out

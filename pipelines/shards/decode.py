@@ -14,7 +14,8 @@ from gaia2.camera.model import resize_crop_intrinsics
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.windows import cut_windows
 from gaia2.schema.clip import Clip
-from gaia2.schema.errors import Reason
+from gaia2.schema.errors import ClipError, Reason
+from gaia2.storage import redact
 from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column
 
@@ -34,7 +35,8 @@ def shard_calibration(clip: Clip, out_wh: tuple[int, int]) -> tuple[list[dict], 
 class DecodeWindows:
     """Callable Ray Data stage: planned window rows -> rows with ``frames`` (N, T, H, W, 3) uint8,
     ``cameras_json`` and ``timestamps`` (T,); a window that fails gets its reject columns and empty
-    frames (``pipelines/rejects.py``)."""
+    frames (``pipelines/rejects.py``), at once for a broken one, after ``cfg.retry.attempts`` tries for a
+    transient error (a flaky read, out of memory: ``pipelines/retry.py``)."""
 
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
@@ -49,7 +51,11 @@ class DecodeWindows:
         cams, geometry = shard_calibration(clip, out_wh)
         frames = []
         for cam, meta, (scaled, crop), idx in zip(clip.cameras, cams, geometry, window.frame_indices):
-            frames.append(decode_frames(cam.video, cam.name, idx, scaled, crop, out_wh))
+            try:
+                frames.append(decode_frames(cam.video, cam.name, idx, scaled, crop, out_wh))
+            except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
+                raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
+                                                       "(present at ingest)") from None
             meta["frame_timestamps"] = cam.timestamps[idx].tolist()
         return np.stack(frames), cams, window.timestamps
 
@@ -57,7 +63,8 @@ class DecodeWindows:
         n = len(batch["key"])
         empty = (np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0))
         decoded, rejects = map_rows(lambda i: self.decode(str(batch["clip_json"][i]), int(batch["window"][i])),
-                                    n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
+                                    n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n),
+                                    retry=self.cfg.retry)
         out = dict(batch)
         out["frames"] = object_column([f for f, _, _ in decoded])
         out["cameras_json"] = np.asarray([json.dumps(c) for _, c, _ in decoded], dtype=object)

@@ -2,7 +2,7 @@
 
 Used as an actor stage, the detector loaded once per actor:
     ds.map_batches(DetectAgents, fn_constructor_kwargs={"kind": det.kind, "checkpoint": det.checkpoint,
-                   "max_agents": det.max_agents, "score_threshold": det.score_threshold},
+                   "max_agents": det.max_agents, "score_threshold": det.score_threshold, "retry": cfg.retry},
                    batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
                    num_cpus=det.num_cpus, num_gpus=det.num_gpus)
 """
@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from gaia2.camera.model import CameraModel
+from gaia2.config.shards import RetryConfig
 from gaia2.detection import build_detector
 from gaia2.detection.base import DetectionError
 from gaia2.detection.features import FEATURE_DIM, agent_features
 from gaia2.schema.clip import Clip
 from gaia2.schema.errors import Reason
 from pipelines.rejects import batch_rejects, map_rows, reject_columns
+from pipelines.retry import retrying, retrying_batched
 from pipelines.shards.common import object_column
 
 _CAMERA_KEYS = ("name", "width", "height", "intrinsics", "extrinsics", "distortion")
@@ -53,14 +55,35 @@ class DetectAgents:
     (T, N, A) bool per row, A = ``max_agents`` slots.
 
     Rejected rows pass through with (0, 0, A, 13) / (0, 0, A) arrays; a row whose detection fails is
-    rejected (stage "detect") instead of stopping the build.
+    rejected (stage "detect") instead of stopping the build: at once for a broken row, after
+    ``retry.attempts`` tries for a transient error (``pipelines/retry.py``; None: RetryConfig's defaults).
+    Out of memory in a network detector halves its images per forward (down to 1) first.
     """
 
-    def __init__(self, kind: str, checkpoint: str | None, max_agents: int, score_threshold: float):
+    def __init__(self, kind: str, checkpoint: str | None, max_agents: int, score_threshold: float,
+                 retry: RetryConfig | None = None):
         if max_agents < 1:
             raise ValueError(f"detection.max_agents: must be >= 1, got {max_agents}")
         self.detector = build_detector(kind, checkpoint, score_threshold)
         self.max_agents = max_agents
+        self.retry = retry or RetryConfig()
+
+    def detect(self, frames: np.ndarray, cameras: list[CameraModel], timestamps: np.ndarray,
+               clip: Clip | None) -> list[np.ndarray]:
+        """The detector's boxes of one window, retried; a network's batch is its images per forward."""
+        det = self.detector
+        if not hasattr(det, "max_images_per_forward"):   # ground truth: nothing batched to shrink
+            return retrying(lambda: det.detect(frames, cameras, timestamps, clip), self.retry)
+        configured = det.max_images_per_forward   # None: all N * T images in one forward
+
+        def run(images_per_forward: int) -> list[np.ndarray]:
+            det.max_images_per_forward = images_per_forward
+            return det.detect(frames, cameras, timestamps, clip)
+
+        try:
+            return retrying_batched(run, configured or frames.shape[0] * frames.shape[1], self.retry)
+        finally:   # the next window starts from the configured size again
+            det.max_images_per_forward = configured
 
     def detect_row(self, frames: np.ndarray, cameras_json: str, timestamps: np.ndarray,
                    clip_json: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +91,7 @@ class DetectAgents:
         # Only ground truth reads the clip record; a network detector skips the parse.
         clip = Clip.from_dict(json.loads(clip_json)) if self.detector.requires_clip else None
         ts = np.asarray(timestamps, dtype=np.float64)
-        boxes = self.detector.detect(np.asarray(frames), cameras, ts, clip)
+        boxes = self.detect(np.asarray(frames), cameras, ts, clip)
         return agent_features(boxes, cameras, self.max_agents)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

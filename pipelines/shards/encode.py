@@ -73,11 +73,13 @@ class EncodeVideos:
     """Callable Ray Data stage: ``frames`` (N, T, H, W, 3) -> ``videos``: the tar members
     ``<key>.<camera>.mp4`` of the sample, as bytes (one column of one type, whatever the rig).
 
-    ``frames`` is cut down to each camera's middle frame, (N, 1, H, W, 3): all the CLIP stage reads.
+    ``frames`` is cut down to each camera's middle frame, (N, 1, H, W, 3): all the CLIP stage reads. A
+    transient error (out of memory) is tried ``cfg.retry.attempts`` times before the window is rejected.
     """
 
     def __init__(self, config_json: str):
-        self.codec = VideoCodec.from_config(ShardBuildConfig.model_validate_json(config_json).codec)
+        cfg = ShardBuildConfig.model_validate_json(config_json)
+        self.codec, self.retry = VideoCodec.from_config(cfg.codec), cfg.retry
 
     def encode(self, key: str, frames: np.ndarray, timestamps: np.ndarray,
                cameras_json: str) -> tuple[bytes, np.ndarray]:
@@ -97,7 +99,7 @@ class EncodeVideos:
         encoded, rejects = map_rows(
             lambda i: self.encode(str(batch["key"][i]), batch["frames"][i], batch["timestamps"][i],
                                   str(batch["cameras_json"][i])),
-            n, "encode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
+            n, "encode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n), retry=self.retry)
         out = dict(batch)
         out["videos"] = np.asarray([v for v, _ in encoded], dtype=object)
         out["frames"] = object_column([f for _, f in encoded])

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from gaia2.config.shards import ShardBuildConfig
 from pipelines.shards.decode import DecodeWindows
 from pipelines.shards.detect import DetectAgents
 from pipelines.shards.encode import EncodeVideos
 
 
 def window_batch(batch: dict[str, np.ndarray], config_json: str, detect_args: dict) -> dict[str, np.ndarray]:
+    """Each stage retries transient errors per ``retry`` of the config (pipelines/retry.py)."""
+    retry = ShardBuildConfig.model_validate_json(config_json).retry
     batch = DecodeWindows(config_json)(batch)
-    batch = DetectAgents(**detect_args)(batch)
+    batch = DetectAgents(**{**detect_args, "retry": retry})(batch)
     return EncodeVideos(config_json)(batch)

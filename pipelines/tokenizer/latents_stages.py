@@ -13,16 +13,21 @@ import io
 import json
 import tarfile
 from collections import Counter
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from gaia2.config.shards import RetryConfig
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
 from pipelines.rejects import Reject, batch_rejects, map_rows, reject_columns
+from pipelines.retry import RetriesExhausted, retrying_batched
 from pipelines.shards.common import object_column
 from pipelines.shards.write import is_staged, shard_path, stage_sample
 from pipelines.tokenizer.latents_config import read_samples
+
+if TYPE_CHECKING:
+    import torch
 
 LATENTS_MEMBER = "latents.npy"
 VIDEO_SUFFIX = ".mp4"
@@ -114,15 +119,18 @@ def decode_sample(key: str, fragment: bytes, height: int, width: int,
     return np.stack([frames for _, frames in cams]), head, tail
 
 
-def decode_batch(batch: dict[str, np.ndarray], height: int, width: int, window: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], height: int, width: int, window: int,
+                 retry: RetryConfig | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: ``members`` -> ``frames`` (N, T, H, W, 3) uint8, ``head``, ``tail``; a sample that
-    fails is rejected (stage "decode", empty frames) and goes on to the rejects."""
+    fails is rejected (stage "decode", empty frames) and goes on to the rejects: at once for a broken one,
+    after ``retry.attempts`` tries (None: RetryConfig's defaults) for a transient error (pipelines/retry.py)."""
     def decode(i: int) -> tuple[np.ndarray, bytes, bytes]:
         return decode_sample(str(batch["key"][i]), bytes(batch["members"][i]), height, width, window)
 
     n = len(batch["key"])
     empty = (np.zeros((0, window, height, width, 3), np.uint8), b"", b"")
-    decoded, rejects = map_rows(decode, n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
+    decoded, rejects = map_rows(decode, n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n),
+                                retry=retry or RetryConfig())
     return {"shard": batch["shard"], "key": batch["key"], "frames": object_column([f for f, _, _ in decoded]),
             "head": np.asarray([h for _, h, _ in decoded], dtype=object),
             "tail": np.asarray([t for _, _, t in decoded], dtype=object)} | reject_columns(rejects)
@@ -134,11 +142,13 @@ class EncodeLatents:
     Used as an actor pool, the tokenizer loaded once per actor:
         ds.map_batches(EncodeLatents, fn_constructor_kwargs={"path": ..., "mode": "sample", "seed": 0,
                        "device": "cuda"}, batch_size=4, compute=ray.data.ActorPoolStrategy(size=2), num_gpus=1)
-    Encoder failures are not per-sample problems (out of memory, a bad device): they raise.
+    Out of memory halves the cameras per encoder call (down to 1); a transient error is tried
+    ``retry.attempts`` times (None: RetryConfig's defaults; pipelines/retry.py), then the sample is rejected
+    (stage "encode"). Other encoder failures are not per-sample problems (a bad device, a bug): they raise.
     """
 
     def __init__(self, path: str, mode: str = "sample", seed: int = 0, device: str = "cpu",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, retry: RetryConfig | None = None):
         import torch
 
         from gaia2.tokenizer.export import load_tokenizer
@@ -149,20 +159,35 @@ class EncodeLatents:
             torch.set_num_threads(num_threads)
         self.model = load_tokenizer(path, device)
         self.device, self.mode, self.seed = torch.device(device), mode, seed
+        self.retry = retry or RetryConfig()
+
+    def encode_moments(self, frames: np.ndarray, cameras_per_call: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (N, T, H, W, 3) uint8 -> (mean, log_std), each (N, L, T/f, H/s, W/s) float32 on the CPU,
+        ``cameras_per_call`` cameras per encoder call (the encoder sees each camera on its own)."""
+        import torch
+
+        from gaia2.tokenizer.clips import to_model_input
+
+        means, log_stds = [], []
+        with torch.no_grad():
+            for s in range(0, len(frames), cameras_per_call):
+                # uint8 crosses to the device (4x less than float), converted there.
+                x = torch.from_numpy(np.ascontiguousarray(frames[s:s + cameras_per_call])).to(self.device)
+                mean, log_std = self.model.encode(to_model_input(x))     # each (n, L, T/f, H/s, W/s)
+                means.append(mean.float().cpu())
+                log_stds.append(log_std.float().cpu())
+        return torch.cat(means), torch.cat(log_stds)
 
     def encode_sample(self, key: str, frames: np.ndarray) -> np.ndarray:
-        """frames (N, T, H, W, 3) uint8 -> latents (T/f, N, L, H/s, W/s) float32; one encoder call."""
+        """frames (N, T, H, W, 3) uint8 -> latents (T/f, N, L, H/s, W/s) float32; one encoder call, or
+        fewer cameras per call after out of memory (``retrying_batched``)."""
         import torch
         from einops import rearrange
 
-        from gaia2.tokenizer.clips import to_model_input
         from gaia2.tokenizer.model import Tokenizer
 
+        mean, log_std = retrying_batched(lambda n: self.encode_moments(frames, n), len(frames), self.retry)
         with torch.no_grad():
-            # uint8 crosses to the device (4x less than float), converted there.
-            video = to_model_input(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))  # (N, 3, T, H, W)
-            mean, log_std = self.model.encode(video)                       # each (N, L, T/f, H/s, W/s)
-            mean, log_std = mean.float().cpu(), log_std.float().cpu()
             if self.mode == "sample":
                 # Noise drawn on the CPU from a per-sample generator: the same on any device and batching.
                 gen = torch.Generator().manual_seed(sample_seed(self.seed, key))
@@ -173,8 +198,15 @@ class EncodeLatents:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rejects = batch_rejects(batch, len(batch["key"]))
-        latents = [np.zeros((0,) * 5, np.float32) if reject else self.encode_sample(str(key), frames)
-                   for key, frames, reject in zip(batch["key"], batch["frames"], rejects)]
+        latents = []
+        for i, (key, frames) in enumerate(zip(batch["key"], batch["frames"])):
+            latent = np.zeros((0,) * 5, np.float32)
+            if rejects[i] is None:
+                try:
+                    latent = self.encode_sample(str(key), frames)
+                except RetriesExhausted as err:   # the sample is left out; anything else stops the job
+                    rejects[i] = Reject.of("encode", err, Reason.DECODE_FAILED)
+            latents.append(latent)
         return {"shard": batch["shard"], "key": batch["key"], "latents": object_column(latents),
                 "head": batch["head"], "tail": batch["tail"]} | reject_columns(rejects)
 
