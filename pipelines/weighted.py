@@ -82,13 +82,11 @@ def worker_draws(draws: np.ndarray, rank: int, world: int) -> np.ndarray:
 def manifest_weights(shards: str, split: str, produced_by: str) -> tuple[list[str], np.ndarray]:
     """(keys, weights) of ``split``'s samples in manifest order; weight 1 each if the manifest has no
     ``weight`` column (a build from before weights). Bad weights are a ``DataError``."""
-    import pyarrow.parquet as pq
+    from pipelines.splits import read_manifest
 
-    path = os.path.join(shards, "manifest.parquet")
-    if not os.path.isfile(path):
-        raise DataError(f"data.shards: {shards!r} has no manifest.parquet (is it a `{produced_by}` output?)")
-    names = pq.read_schema(path).names
-    table = pq.read_table(path, columns=["key", "split"] + (["weight"] if "weight" in names else []))
+    path = f"{storage.redact(shards)}/manifest.parquet"
+    table = read_manifest(shards, produced_by, ["key", "split", "weight"])
+    names = table.column_names
     rows = [i for i, s in enumerate(table.column("split").to_pylist()) if s == split]
     if not rows:
         raise DataError(f"data.shards: {path} lists no {split} samples")

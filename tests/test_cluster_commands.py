@@ -20,7 +20,7 @@ import yaml
 from gaia2 import storage
 from tests.test_cluster_manifests import CLUSTER, _command, _entrypoint, _load
 
-CLIPS = 4
+CLIPS = 9   # all of the session's synthetic clips: both splits (the tokenizer job validates on val)
 
 
 def _argv(name: str, replace: dict[str, str], extra: list[str]) -> tuple[object, list[str]]:
@@ -117,3 +117,26 @@ def test_the_encode_manifest_encodes_object_storage_shards_into_object_storage(b
             "latents/v1/encode.json"} <= keys
     assert [k for k in keys if k.endswith(".tar")]
     assert not [k for k in keys if k.endswith(storage.PARTIAL) or "/_staging/" in k]
+
+
+def test_the_tokenizer_manifest_trains_on_object_storage_shards_with_checkpoints_there(built, workdir, tmp_path,
+                                                                                       s3_server):
+    from gaia2.tokenizer.standins import save_random_dinov2, save_random_lpips_backbone
+
+    s3_server.bucket("gaia2-checkpoints")
+    save_random_lpips_backbone(str(tmp_path / "torch"))
+    dino = save_random_dinov2(str(tmp_path / "dino"))
+    config = _shrunk_config("tokenizer-config.yaml", str(tmp_path / "tokenizer.yaml"), {
+        "model": {"dim": 32, "heads": 2},
+        "workers": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 0.5, "max_failures": 1},
+        "data": {"batch_size": 2, "shuffle_buffer": 8, "read_cpus": 0.25, "read_batch": 2, "val_samples": 4},
+        "schedule": {"steps": 4, "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 2, "val_every": 100,
+                     "preview_clips": 2},
+        "gan": {"steps": 0}})
+    command, argv = _argv("rayjob-train-tokenizer.yaml", {
+        "paper": "tiny", "/mnt/config/tokenizer.yaml": config, "/models/dinov2-large": dino,
+        "/models/torch": str(tmp_path / "torch")}, [])
+    assert "s3://gaia2-data/shards/v1" in argv and "s3://gaia2-checkpoints" in argv
+    assert command.main(argv) == 0
+    keys = s3_server.keys("gaia2-checkpoints", "tokenizer-paper/")
+    assert [k for k in keys if "/checkpoint-" in k], keys[:10]

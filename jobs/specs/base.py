@@ -145,5 +145,11 @@ class ModelSpec(ABC):
 
         if not cfg.data.shards:
             raise ConfigError(f"data.shards: required (pass --shards DIR, a `{produced_by}` output)")
-        if not os.path.isdir(cfg.data.shards):
-            raise ConfigError(f"data.shards: {cfg.data.shards!r} is not a directory")
+        from gaia2 import storage
+
+        try:
+            found = storage.is_dir(cfg.data.shards) or bool(storage.list_files(cfg.data.shards, recursive=False))
+        except OSError as err:   # no such bucket, no credentials, a bad URI
+            raise ConfigError(f"data.shards: {storage.redact(cfg.data.shards)!r} cannot be read ({err})") from None
+        if not found:
+            raise ConfigError(f"data.shards: {storage.redact(cfg.data.shards)!r} is not a directory")

@@ -111,13 +111,11 @@ class WorldModelSpec(ModelSpec):
 
     @staticmethod
     def _check_scenario(cfg) -> dict:
-        import os
-
-        import pyarrow.parquet as pq
-
+        from pipelines.splits import read_manifest
         from pipelines.world_model.scenario import check_table
+        from pipelines.world_model.train_data import PRODUCED_BY
 
-        manifest = pq.read_table(os.path.join(cfg.data.shards, "manifest.parquet"), columns=["key", "split"])
+        manifest = read_manifest(cfg.data.shards, PRODUCED_BY, ["key", "split"])
         keys: dict[str, list[str]] = {"train": [], "val": []}
         for key, split in zip(manifest.column("key").to_pylist(), manifest.column("split").to_pylist()):
             keys.setdefault(split, []).append(key)
