@@ -25,7 +25,7 @@ def test_encoding_is_byte_identical_and_decodes_to_the_frames(tmp_path):
     assert a == b
     path = tmp_path / "v.mp4"
     path.write_bytes(a)
-    assert check_video(str(path), "v", 10) == 10
+    assert check_video(str(path), "v", 10) == (10, 64, 48, 25.0)   # frames, width, height, fps
     out = decode_frames(str(path), "v", np.arange(10), (64, 48), (0, 0), (64, 48))
     assert out.shape == (10, 48, 64, 3)
     assert np.abs(out.astype(int) - frames.astype(int)).mean() < 6   # lossy, but close

@@ -38,13 +38,74 @@ class CodecConfig(StrictModel):
     threads: int = Field(1, ge=1)
 
 
+class BoundsConfig(StrictModel):
+    """Plausible ranges of a clip record, checked at ingest before any value sizes an array or a loop.
+
+    A value outside is rejected (``out_of_bounds``) with a detail naming the field and the bound (e.g.
+    ``ingest.bounds.max_frame_rate``): a frame rate of 1e7 on a 2 s clip is a lie, not a 20-million-step grid.
+    """
+    min_frame_rate: float = Field(1.0, gt=0, description="Hz, per camera")
+    max_frame_rate: float = Field(120.0, gt=0, description="Hz, per camera")
+    min_width: int = Field(16, ge=1, description="pixels, declared per camera")
+    max_width: int = Field(8192, ge=1)
+    min_height: int = Field(16, ge=1)
+    max_height: int = Field(8192, ge=1)
+    max_duration_s: float = Field(3600.0, gt=0, description="span of any timestamp series of a clip")
+    max_abs_time_s: float = Field(1e10, gt=0, description="|start_time_s| and |timestamps| on the drive clock "
+                                                          "(1e10 s is past the year 2286 in Unix time)")
+    max_frames_per_camera: int = Field(200_000, ge=1, description="timestamps per camera")
+    max_cameras: int = Field(16, ge=1)
+    max_series_length: int = Field(1_000_000, ge=1, description="samples of ego, GPS and box timestamps")
+    max_boxes: int = Field(2_000_000, ge=0, description="ground-truth boxes per clip")
+    max_id_length: int = Field(128, ge=1, description="characters of clip_id, drive_id, rig_id and camera names")
+    max_metadata_length: int = Field(64, ge=1, description="characters of a metadata value")
+    max_record_mb: float = Field(256.0, gt=0, description="size of one clip record (clip.json or manifest row)")
+    max_speed_mps: float = Field(100.0, gt=0, description="|ego.speed|, m/s")
+    max_abs_curvature: float = Field(1.0, gt=0, description="|ego.curvature|, 1/m (1 = a 1 m turning radius)")
+    max_camera_offset_m: float = Field(50.0, gt=0, description="camera's distance from the ego origin (extrinsics)")
+    max_box_size_m: float = Field(100.0, gt=0, description="largest side of a ground-truth box")
+    max_box_distance_m: float = Field(2000.0, gt=0, description="a ground-truth box centre's distance from the ego")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BoundsConfig":
+        for lo, hi in (("min_frame_rate", "max_frame_rate"), ("min_width", "max_width"),
+                       ("min_height", "max_height")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"ingest.bounds.{lo} ({getattr(self, lo)}) > ingest.bounds.{hi} ({getattr(self, hi)})")
+        return self
+
+
+class ToleranceConfig(StrictModel):
+    """How far a clip's declared values may disagree with its timestamps and its video files (checked at ingest)."""
+    frame_rate: float = Field(0.02, ge=0, description="relative: |declared frame_rate / (1 / median timestamp "
+                                                      "spacing) - 1|; beyond it, frame_rate_mismatch")
+    container_frame_rate: float | None = Field(
+        0.02, ge=0, description="relative: declared frame_rate vs the video container's average rate; null skips "
+                                "the comparison (variable-rate streams whose average means little)")
+    resolution_px: int = Field(0, ge=0, description="declared width/height vs the decoded frame, in pixels; "
+                                                    "beyond it, resolution_mismatch")
+    extra_frames: int = Field(0, ge=0, description="frames the video may have past its declared timestamps (never "
+                                                   "used); fewer frames than timestamps is always a mismatch")
+
+
 class IngestConfig(StrictModel):
     min_cameras: int = Field(5, ge=1, description="clips with fewer cameras are rejected (missing_camera)")
     decode_check: Literal["container", "last_frame", "all_frames"] = Field(
         "container", description="how far ingest decodes each video: container = open it, check its box "
-                                 "structure and frame count (catches empty, unreadable, truncated and short files); "
-                                 "last_frame/all_frames also decode frames (corrupt streams)")
+                                 "structure, frame count, rate and the first frame's size (catches empty, "
+                                 "unreadable, truncated, short and mis-sized files); last_frame/all_frames also "
+                                 "decode later frames (corrupt streams)")
     batch_size: int = Field(4, ge=1, description="clips per ingest task")
+    allow_absolute_videos: bool = Field(
+        False, description="accept absolute paths and URIs as camera videos; otherwise a video must be a path "
+                           "inside its clip's directory (the manifest's for a Parquet source), and one that is "
+                           "absolute or climbs out with '..' is rejected (video_path_outside_source)")
+    extra_keys: Literal["reject", "ignore"] = Field(
+        "reject", description="unknown keys in a clip record (a typo such as 'boxs' would silently drop data): "
+                              "reject the clip (invalid_record, naming them) or ignore them; null-valued keys "
+                              "count as absent")
+    bounds: BoundsConfig = BoundsConfig()
+    tolerance: ToleranceConfig = ToleranceConfig()
 
 
 class DetectionConfig(StrictModel):

@@ -18,6 +18,14 @@ JSON form (``clip.json``; also the Parquet manifest row, nested):
      "gps": {"timestamps", "latitude", "longitude"},
      "metadata": {name: value},
      "boxes": {"timestamps", "frame_index", "center", "size", "yaw", "category"} | null}
+
+Parsing is strict, since every record is hostile until checked: a number is a finite JSON number (not
+"20", not true, not NaN or Infinity), an integer is integral, an array is a rectangular array of numbers,
+a key outside the form above is refused (``ingest.extra_keys``), null is the same as absent, and a video
+path stays inside the record's directory (``ingest.allow_absolute_videos``). Each failure is a
+``ClipError`` whose detail names the field (``cameras[front].width: expected a number, got string 'abc'``).
+Given the shard build's ``IngestConfig``, values are also held to ``ingest.bounds`` and each camera's
+declared rate to its timestamps (``ingest.tolerance``).
 """
 
 from __future__ import annotations
@@ -26,27 +34,184 @@ import json
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from gaia2 import storage
 from gaia2.schema.errors import ClipError, Reason
-from gaia2.schema.metadata import AGENT_CATEGORIES, VocabularyError, encode_metadata
+from gaia2.schema.metadata import AGENT_CATEGORIES, VOCABULARY, VocabularyError, encode_metadata
+
+if TYPE_CHECKING:
+    from gaia2.config.shards import BoundsConfig, IngestConfig, ToleranceConfig
 
 SCHEMA_VERSION = 1
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")   # ids become WebDataset keys: no dots, no slashes
 DISTORTION_SIZE = 5
 
+# The keys of each object of the record; anything else is rejected (``ingest.extra_keys``).
+CLIP_KEYS = frozenset({"schema_version", "clip_id", "drive_id", "rig_id", "start_time_s", "cameras", "ego", "gps",
+                       "metadata", "boxes"})
+CAMERA_KEYS = frozenset({"name", "frame_rate", "timestamps", "width", "height", "intrinsics", "extrinsics",
+                         "distortion", "video"})
+EGO_KEYS = frozenset({"timestamps", "speed", "curvature"})
+GPS_KEYS = frozenset({"timestamps", "latitude", "longitude"})
+BOX_KEYS = frozenset({"timestamps", "frame_index", "center", "size", "yaw", "category"})
 
-def _array(value: Any, name: str, ndim: int = 1, dtype=np.float64) -> np.ndarray:
+_INVALID = Reason.INVALID_RECORD
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 40, 40, 4, 4
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What a parse checks beyond the contract itself.
+
+    ``bounds``/``tolerance`` None skip those checks (a record the pipeline wrote itself, such as a window's
+    slice); the path policy applies only where a ``base_dir`` is given.
+    """
+    bounds: BoundsConfig | None = None
+    tolerance: ToleranceConfig | None = None
+    allow_absolute_videos: bool = False
+    extra_keys: str = "reject"
+
+    @classmethod
+    def of(cls, ingest: IngestConfig | None) -> "Checks":
+        if ingest is None:
+            return cls()
+        return cls(ingest.bounds, ingest.tolerance, ingest.allow_absolute_videos, ingest.extra_keys)
+
+
+def _show(value: Any) -> str:
+    """A short repr of a value from the record: a hostile one may be megabytes long."""
+    return _SHOW.repr(value)
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of ``value``, for messages (a bool is not a number here, though Python says it is an int)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+def _path(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _object(value: Any, where: str, keys: frozenset[str], checks: Checks) -> Mapping[str, Any]:
+    """``value`` as an object with no keys outside ``keys`` (unless ``ingest.extra_keys`` is ignore)."""
+    if not isinstance(value, Mapping):
+        raise ClipError(_INVALID, f"{where or 'record'}: expected an object, got {_kind(value)}")
+    if checks.extra_keys == "reject":
+        extra = sorted(str(k) for k, v in value.items() if k not in keys and v is not None)   # null = absent
+        if extra:
+            raise ClipError(_INVALID, f"{where or 'record'}: unknown key(s) {_show(extra)}; expected only "
+                                      f"{sorted(keys)} (ingest.extra_keys: ignore passes them)")
+    return value
+
+
+def _field(d: Mapping[str, Any], key: str, where: str) -> Any:
+    """A required value (absent and null are both missing)."""
+    if d.get(key) is None:
+        raise ClipError(_INVALID, f"{_path(where, key)}: missing")
+    return d[key]
+
+
+def _string(value: Any, where: str, bounds: BoundsConfig | None = None, pattern: re.Pattern | None = None,
+            bound: str = "max_id_length") -> str:
+    if not isinstance(value, str):
+        raise ClipError(_INVALID, f"{where}: expected a string, got {_kind(value)} {_show(value)}")
+    if bounds is not None and len(value) > getattr(bounds, bound):
+        raise ClipError(Reason.OUT_OF_BOUNDS, f"{where}: {len(value)} characters, more than "
+                                              f"ingest.bounds.{bound} = {getattr(bounds, bound)}")
+    if pattern is not None and not pattern.fullmatch(value):   # match() would let "id\n" through ($)
+        raise ClipError(_INVALID, f"{where}: {_show(value)} must match {pattern.pattern}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite JSON number (not a string that looks like one, not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ClipError(_INVALID, f"{where}: expected a number, got {_kind(value)} {_show(value)}")
     try:
-        arr = np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as err:
-        raise ClipError(Reason.INVALID_RECORD, f"{name}: not a numeric array ({err})") from None
-    if arr.ndim != ndim:
-        raise ClipError(Reason.INVALID_RECORD, f"{name}: expected {ndim}-d array, got shape {arr.shape}")
-    return arr
+        x = float(value)
+    except OverflowError:   # a JSON integer with hundreds of digits
+        raise ClipError(_INVALID, f"{where}: {_show(value)} is too large for a number") from None
+    if not math.isfinite(x):
+        raise ClipError(_INVALID, f"{where}: not finite ({x})")
+    return x
+
+
+def _integer(value: Any, where: str) -> int:
+    x = _number(value, where)
+    if not x.is_integer():
+        raise ClipError(_INVALID, f"{where}: expected an integer, got {_show(value)}")
+    return int(x)
+
+
+def _has_bool(values: Any) -> bool:
+    return any(type(x) is bool or (isinstance(x, (list, tuple)) and _has_bool(x)) for x in values)
+
+
+def _array(value: Any, where: str, shape: tuple[int | None, ...] = (None,), max_len: int | None = None,
+           bound: str = "", integer: bool = False, reason: Reason = _INVALID) -> np.ndarray:
+    """A JSON array of numbers of ``shape`` (None: any length) as float64 (int64 if ``integer``).
+
+    Strings, booleans, nulls and ragged nesting are refused; non-finite values pass (each caller has its
+    reason for them). ``max_len`` (the bound ``ingest.bounds.<bound>``) is checked before any conversion.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise ClipError(reason, f"{where}: expected an array, got {_kind(value)} {_show(value)}")
+    if max_len is not None and len(value) > max_len:
+        raise ClipError(Reason.OUT_OF_BOUNDS, f"{where}: {len(value)} values, more than ingest.bounds.{bound} = {max_len}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise ClipError(reason, f"{where}: not a rectangular array of numbers") from None
+    if arr.size == 0 and shape[0] is None and None not in shape[1:]:
+        arr = np.zeros((0, *shape[1:]))   # [] is an empty (0, 3) too
+    if arr.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, arr.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ClipError(reason, f"{where}: expected shape {want}, got {arr.shape}")
+    # kind 'b' (all booleans), 'U' (strings), 'O' (nulls, objects, integers too large for int64) are refused;
+    # booleans mixed with numbers become numbers in numpy, so they are looked for.
+    if arr.dtype.kind not in "iuf" or _has_bool(value):
+        raise ClipError(reason, f"{where}: expected numbers only, got {_show(value)}")
+    arr = arr.astype(np.float64)
+    if not integer:
+        return arr
+    if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(np.abs(arr) > 2**53):
+        raise ClipError(reason, f"{where}: expected integers, got {_show(value)}")
+    return arr.astype(np.int64)
+
+
+def _within(value: float, where: str, bounds: BoundsConfig | None, lo: str | None = None, hi: str | None = None,
+            what: str = "") -> None:
+    """``value`` inside [``bounds.<lo>``, ``bounds.<hi>``] (either end optional); no bounds, no check."""
+    if bounds is None:
+        return
+    if lo is not None and value < getattr(bounds, lo):
+        raise ClipError(Reason.OUT_OF_BOUNDS, f"{where}: {what}{value:g} below ingest.bounds.{lo} = {getattr(bounds, lo)}")
+    if hi is not None and value > getattr(bounds, hi):
+        raise ClipError(Reason.OUT_OF_BOUNDS, f"{where}: {what}{value:g} above ingest.bounds.{hi} = {getattr(bounds, hi)}")
+
+
+def _norm(points: np.ndarray) -> float:
+    """Largest Euclidean norm of (..., 3) finite points; inf where squaring overflows (a value of 1e300)."""
+    with np.errstate(over="ignore"):
+        return float(np.max(np.linalg.norm(points, axis=-1)))
 
 
 def _check_increasing(ts: np.ndarray, name: str) -> None:
@@ -58,19 +223,56 @@ def _check_increasing(ts: np.ndarray, name: str) -> None:
                         f"{name}: timestamp {bad + 1} ({ts[bad + 1]:.6f}) not after {bad} ({ts[bad]:.6f})")
 
 
-def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
-    if not isinstance(d, Mapping) or key not in d or d[key] is None:
-        raise ClipError(Reason.INVALID_RECORD, f"{where}{key}: missing")
-    return d[key]
+def _check_times(ts: np.ndarray, where: str, checks: Checks) -> np.ndarray:
+    """``ts`` strictly increasing, its values and span inside ``ingest.bounds``."""
+    _check_increasing(ts, where)
+    if ts.size:
+        _within(float(np.max(np.abs(ts))), where, checks.bounds, hi="max_abs_time_s", what="|time| ")
+        _within(float(ts[-1] - ts[0]), where, checks.bounds, hi="max_duration_s", what="span (s) ")
+    return ts
 
 
-def _series(d: Mapping[str, Any], section: str, names: tuple[str, ...], min_size: int) -> list[np.ndarray]:
+def _times(value: Any, where: str, checks: Checks, bound: str = "max_series_length", min_size: int = 0) -> np.ndarray:
+    """A series of times on the drive clock (``_check_times``), its length within ``ingest.bounds.<bound>``."""
+    b = checks.bounds
+    ts = _array(value, where, max_len=getattr(b, bound) if b is not None else None, bound=bound)
+    if ts.size < min_size:
+        raise ClipError(_INVALID, f"{where}: {ts.size} value(s), at least {min_size} required")
+    return _check_times(ts, where, checks)
+
+
+def _series(d: Mapping[str, Any], section: str, names: tuple[str, ...], min_size: int,
+            checks: Checks) -> list[np.ndarray]:
     """The 1-d arrays ``d[name]`` of a time series record (ego, gps): equal lengths, at least ``min_size``."""
-    arrays = [_array(_require(d, name, f"{section}."), f"{section}.{name}") for name in names]
+    b = checks.bounds
+    limit = b.max_series_length if b is not None else None
+    arrays = [_array(_field(d, name, section), f"{section}.{name}", max_len=limit, bound="max_series_length")
+              for name in names]
     if len({a.shape for a in arrays}) != 1 or arrays[0].size < min_size:
-        raise ClipError(Reason.INVALID_RECORD, f"{section}: {'/'.join(names)} lengths differ or < {min_size} "
-                                               f"({', '.join(str(a.size) for a in arrays)})")
+        raise ClipError(_INVALID, f"{section}: {'/'.join(names)} lengths differ or < {min_size} "
+                                  f"({', '.join(str(a.size) for a in arrays)})")
     return arrays
+
+
+def _video(value: Any, where: str, base_dir: str | None, checks: Checks) -> str:
+    """The video's location: a relative path resolved under ``base_dir``, never outside it unless allowed."""
+    video = _string(value, where)
+    if not video or any(ord(c) < 32 for c in video):
+        raise ClipError(_INVALID, f"{where}: {_show(video)} is not a usable path")
+    if base_dir is None:   # a record the pipeline wrote itself: already resolved
+        return video
+    if storage.is_uri(video) or video.startswith("file://") or os.path.isabs(video):
+        if checks.allow_absolute_videos:
+            return video
+        raise ClipError(Reason.VIDEO_PATH_OUTSIDE_SOURCE,
+                        f"{where}: {_show(storage.redact(video))} is absolute or a URI; a video must be a path "
+                        f"relative to the clip's directory (ingest.allow_absolute_videos allows it)")
+    try:
+        return storage.child(base_dir, video)
+    except ValueError:
+        raise ClipError(Reason.VIDEO_PATH_OUTSIDE_SOURCE,
+                        f"{where}: {_show(video)} climbs out of the clip's directory "
+                        f"{storage.redact(base_dir)}") from None
 
 
 @dataclass(frozen=True)
@@ -86,44 +288,58 @@ class Camera:
     video: str                  # absolute path or URI
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], base_dir: str | None) -> "Camera":
-        name = str(_require(d, "name", "cameras[]."))
-        where = f"cameras[{name}]."
-        if not _ID_PATTERN.match(name):
-            raise ClipError(Reason.INVALID_RECORD, f"{where}name: {name!r} must match {_ID_PATTERN.pattern}")
-        try:
-            intr = np.asarray(_require(d, "intrinsics", where), dtype=np.float64)
-            extr = np.asarray(_require(d, "extrinsics", where), dtype=np.float64)
-            dist = np.asarray(_require(d, "distortion", where), dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}: calibration is not numeric ({err})") from None
-        if intr.shape != (4,):
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}intrinsics: expected (fx, fy, cx, cy), got shape {intr.shape}")
-        if extr.shape != (4, 4):
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}extrinsics: expected a 4x4 matrix, got shape {extr.shape}")
-        if dist.shape != (DISTORTION_SIZE,):
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}distortion: expected {DISTORTION_SIZE} coefficients (k1, k2, p1, p2, k3), got shape {dist.shape}")
-        if not (np.all(np.isfinite(intr)) and np.all(np.isfinite(extr)) and np.all(np.isfinite(dist))):
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}: non-finite calibration value")
+    def from_dict(cls, d: Mapping[str, Any], base_dir: str | None, checks: Checks = Checks(),
+                  index: int = 0) -> "Camera":
+        """Parse camera ``index`` of a record; ``base_dir`` resolves a relative video path (None: taken as is)."""
+        b, tol = checks.bounds, checks.tolerance
+        d = _object(d, f"cameras[{index}]", CAMERA_KEYS, checks)
+        name = _string(_field(d, "name", f"cameras[{index}]"), f"cameras[{index}].name", b, _ID_PATTERN)
+        where = f"cameras[{name}]"
+        video = _video(_field(d, "video", where), f"{where}.video", base_dir, checks)
+        rate = _number(_field(d, "frame_rate", where), f"{where}.frame_rate")
+        width = _integer(_field(d, "width", where), f"{where}.width")
+        height = _integer(_field(d, "height", where), f"{where}.height")
+        for key, value in (("frame_rate", rate), ("width", width), ("height", height)):
+            if value <= 0:
+                raise ClipError(_INVALID, f"{where}.{key}: must be positive, got {value:g}")
+        _within(rate, f"{where}.frame_rate", b, "min_frame_rate", "max_frame_rate")
+        _within(width, f"{where}.width", b, "min_width", "max_width")
+        _within(height, f"{where}.height", b, "min_height", "max_height")
+        ts = _times(_field(d, "timestamps", where), f"{where}.timestamps", checks, "max_frames_per_camera", 1)
+        if tol is not None and ts.size > 1:
+            # The median spacing ignores dropped frames and jitter; a declared rate far from it is a lie
+            # that would resample every window of this camera onto the wrong grid.
+            implied = 1.0 / float(np.median(np.diff(ts)))
+            if abs(rate / implied - 1) > tol.frame_rate:
+                raise ClipError(Reason.FRAME_RATE_MISMATCH,
+                                f"{where}.frame_rate: declared {rate:g} Hz, its timestamps are {implied:.4g} Hz "
+                                f"(median spacing); more than ingest.tolerance.frame_rate = {tol.frame_rate:g} apart")
+        calib = Reason.BAD_CALIBRATION
+        intr = _array(_field(d, "intrinsics", where), f"{where}.intrinsics", (4,), reason=calib)
+        extr = _array(_field(d, "extrinsics", where), f"{where}.extrinsics", (4, 4), reason=calib)
+        dist = _array(_field(d, "distortion", where), f"{where}.distortion", (DISTORTION_SIZE,), reason=calib)
+        for key, arr in (("intrinsics", intr), ("extrinsics", extr), ("distortion", dist)):
+            if not np.all(np.isfinite(arr)):
+                raise ClipError(calib, f"{where}.{key}: non-finite value")
         if intr[0] <= 0 or intr[1] <= 0:
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}intrinsics: focal lengths must be positive, got {intr[:2].tolist()}")
-        if not np.allclose(extr[3], [0, 0, 0, 1]) or not np.allclose(extr[:3, :3] @ extr[:3, :3].T, np.eye(3), atol=1e-4):
-            raise ClipError(Reason.BAD_CALIBRATION, f"{where}extrinsics: not a rigid transform")
-        ts = _array(_require(d, "timestamps", where), f"{where}timestamps")
-        _check_increasing(ts, f"{where}timestamps")
-        rate = float(_require(d, "frame_rate", where))
-        width, height = int(_require(d, "width", where)), int(_require(d, "height", where))
-        if not (rate > 0 and width > 0 and height > 0):
-            raise ClipError(Reason.INVALID_RECORD, f"{where}: frame_rate, width and height must be positive")
-        video = str(_require(d, "video", where))
-        if base_dir is not None and "://" not in video and not os.path.isabs(video):
-            video = os.path.normpath(os.path.join(base_dir, video))
+            raise ClipError(calib, f"{where}.intrinsics: focal lengths must be positive, got {intr[:2].tolist()}")
+        if not (0 <= intr[2] <= width and 0 <= intr[3] <= height):
+            raise ClipError(calib, f"{where}.intrinsics: principal point {intr[2:].tolist()} outside the "
+                                   f"{width}x{height} image")
+        with np.errstate(over="ignore", invalid="ignore"):   # 1e300 entries: inf, then not rigid
+            rigid = np.allclose(extr[3], [0, 0, 0, 1]) and np.allclose(extr[:3, :3] @ extr[:3, :3].T, np.eye(3), atol=1e-4)
+        if not rigid:
+            raise ClipError(calib, f"{where}.extrinsics: not a rigid transform")
+        _within(_norm(extr[:3, 3]), f"{where}.extrinsics", b, hi="max_camera_offset_m", what="camera offset (m) ")
         return cls(name, rate, ts, width, height, intr, extr, dist, video)
 
     def to_dict(self, base_dir: str | None = None) -> dict[str, Any]:
+        """The JSON form; with ``base_dir``, a local video inside it is written relative to it (one outside
+        stays absolute: reading it back then needs ``ingest.allow_absolute_videos``)."""
         video = self.video
-        if base_dir is not None and "://" not in video:
-            video = os.path.relpath(video, base_dir)
+        if base_dir is not None and not storage.is_uri(video) and not storage.is_uri(base_dir):
+            rel = os.path.relpath(video, base_dir)
+            video = video if rel == ".." or rel.startswith(".." + os.sep) else rel
         return {"name": self.name, "frame_rate": self.frame_rate, "timestamps": self.timestamps.tolist(),
                 "width": self.width, "height": self.height, "intrinsics": self.intrinsics.tolist(),
                 "extrinsics": self.extrinsics.tolist(), "distortion": self.distortion.tolist(), "video": video}
@@ -136,12 +352,15 @@ class Ego:
     curvature: np.ndarray    # (E,) 1/m, positive = turning left
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Ego":
-        ts, speed, curv = _series(d, "ego", ("timestamps", "speed", "curvature"), min_size=2)
+    def from_dict(cls, d: Mapping[str, Any], checks: Checks = Checks()) -> "Ego":
+        d = _object(d, "ego", EGO_KEYS, checks)
+        ts, speed, curv = _series(d, "ego", ("timestamps", "speed", "curvature"), 2, checks)
         for name, arr in (("timestamps", ts), ("speed", speed), ("curvature", curv)):
             if not np.all(np.isfinite(arr)):
                 raise ClipError(Reason.NAN_EGO, f"ego.{name}: {int(np.sum(~np.isfinite(arr)))} non-finite value(s)")
-        _check_increasing(ts, "ego.timestamps")
+        _check_times(ts, "ego.timestamps", checks)
+        _within(float(np.max(np.abs(speed))), "ego.speed", checks.bounds, hi="max_speed_mps", what="|speed| ")
+        _within(float(np.max(np.abs(curv))), "ego.curvature", checks.bounds, hi="max_abs_curvature", what="|curvature| ")
         return cls(ts, speed, curv)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,11 +374,13 @@ class Gps:
     longitude: np.ndarray    # (G,) degrees
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Gps":
-        ts, lat, lon = _series(d, "gps", ("timestamps", "latitude", "longitude"), min_size=1)
-        if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))) or np.any(np.abs(lat) > 90) or np.any(np.abs(lon) > 180):
-            raise ClipError(Reason.NAN_GPS, "gps: non-finite or out-of-range latitude/longitude")
-        _check_increasing(ts, "gps.timestamps")
+    def from_dict(cls, d: Mapping[str, Any], checks: Checks = Checks()) -> "Gps":
+        d = _object(d, "gps", GPS_KEYS, checks)
+        ts, lat, lon = _series(d, "gps", ("timestamps", "latitude", "longitude"), 1, checks)
+        for name, arr, limit in (("latitude", lat, 90), ("longitude", lon, 180)):
+            if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > limit):
+                raise ClipError(Reason.NAN_GPS, f"gps.{name}: non-finite or beyond +-{limit} degrees")
+        _check_times(ts, "gps.timestamps", checks)
         return cls(ts, lat, lon)
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,22 +405,39 @@ class Boxes:
     category: np.ndarray     # (M,) int ids into AGENT_CATEGORIES
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Boxes":
-        ts = _array(_require(d, "timestamps", "boxes."), "boxes.timestamps")
-        _check_increasing(ts, "boxes.timestamps")
-        idx = _array(_require(d, "frame_index", "boxes."), "boxes.frame_index", dtype=np.int64)
+    def from_dict(cls, d: Mapping[str, Any], checks: Checks = Checks()) -> "Boxes":
+        b = checks.bounds
+        d = _object(d, "boxes", BOX_KEYS, checks)
+        ts = _times(_field(d, "timestamps", "boxes"), "boxes.timestamps", checks)
+        limit = b.max_boxes if b is not None else None
+        idx = _array(_field(d, "frame_index", "boxes"), "boxes.frame_index", max_len=limit, bound="max_boxes",
+                     integer=True)
         m = idx.size
-        center = _array(d.get("center") or np.zeros((0, 3)), "boxes.center", ndim=2).reshape(m, 3) if m else np.zeros((0, 3))
-        size = _array(d.get("size") or np.zeros((0, 3)), "boxes.size", ndim=2).reshape(m, 3) if m else np.zeros((0, 3))
-        yaw = _array(_require(d, "yaw", "boxes."), "boxes.yaw")
-        names = list(_require(d, "category", "boxes."))
-        if not (yaw.size == len(names) == m) or (m and (idx.min() < 0 or idx.max() >= ts.size)):
-            raise ClipError(Reason.INVALID_RECORD, "boxes: arrays of different lengths or frame_index out of range")
+        arrays = {"frame_index": idx}
+        for key, shape in (("center", (None, 3)), ("size", (None, 3)), ("yaw", (None,))):
+            arrays[key] = _array(_field(d, key, "boxes"), f"boxes.{key}", shape, max_len=limit, bound="max_boxes")
+        names = _field(d, "category", "boxes")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ClipError(_INVALID, f"boxes.category: expected an array of strings, got {_show(names)}")
+        sizes = {key: len(arr) for key, arr in arrays.items()} | {"category": len(names)}
+        if len(set(sizes.values())) != 1:
+            raise ClipError(_INVALID, f"boxes: one entry per box expected in each array, got lengths {sizes}")
+        if m and (idx.min() < 0 or idx.max() >= ts.size):
+            raise ClipError(_INVALID, f"boxes.frame_index: values must lie in [0, {ts.size}) (one per "
+                                      f"boxes.timestamps), got {int(idx.min())}..{int(idx.max())}")
+        center, size, yaw = arrays["center"], arrays["size"], arrays["yaw"]
+        for key, arr in (("center", center), ("size", size), ("yaw", yaw)):
+            if not np.all(np.isfinite(arr)):
+                raise ClipError(_INVALID, f"boxes.{key}: non-finite value")
+        if m and size.min() < 0:
+            raise ClipError(_INVALID, f"boxes.size: negative box side {size.min():g}")
+        if m:
+            _within(float(size.max()), "boxes.size", b, hi="max_box_size_m", what="box side (m) ")
+            _within(_norm(center), "boxes.center", b, hi="max_box_distance_m", what="distance (m) ")
         unknown = sorted({n for n in names if n not in AGENT_CATEGORIES[1:]})
         if unknown:
-            raise ClipError(Reason.UNKNOWN_METADATA, f"boxes.category: unknown value(s) {unknown}; allowed {list(AGENT_CATEGORIES[1:])}")
-        if not (np.all(np.isfinite(center)) and np.all(np.isfinite(size)) and np.all(np.isfinite(yaw))):
-            raise ClipError(Reason.INVALID_RECORD, "boxes: non-finite value")
+            raise ClipError(Reason.UNKNOWN_METADATA, f"boxes.category: unknown value(s) {_show(unknown)}; "
+                                                     f"allowed {list(AGENT_CATEGORIES[1:])}")
         cat = np.asarray([AGENT_CATEGORIES.index(n) for n in names], dtype=np.int64)
         return cls(ts, idx, center, size, yaw, cat)
 
@@ -230,52 +468,65 @@ class Clip:
     boxes: Boxes | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], base_dir: str | None = None) -> "Clip":
-        """Parse and check a clip record; raises ``ClipError`` with the reject reason."""
-        if not isinstance(d, Mapping):
-            raise ClipError(Reason.INVALID_RECORD, f"clip record must be an object, got {type(d).__name__}")
+    def from_dict(cls, d: Mapping[str, Any], base_dir: str | None = None,
+                  ingest: IngestConfig | None = None) -> "Clip":
+        """Parse and check a clip record; raises ``ClipError`` with the reject reason, naming the field.
+
+        ``base_dir``: where relative video paths resolve (a path or URI); a video may not leave it unless
+        ``ingest.allow_absolute_videos``. None: a record the pipeline wrote itself, videos taken as they are.
+        ``ingest``: the bounds, tolerances and key policy of the shard build; None checks only the contract.
+        """
+        checks = Checks.of(ingest)
+        b = checks.bounds
+        d = _object(d, "", CLIP_KEYS, checks)
         version = d.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ClipError(Reason.INVALID_RECORD, f"schema_version {version!r} not supported (expected {SCHEMA_VERSION})")
-        ids = {}
-        for key in ("clip_id", "drive_id", "rig_id"):
-            ids[key] = str(_require(d, key, ""))
-            if not _ID_PATTERN.match(ids[key]):
-                raise ClipError(Reason.INVALID_RECORD, f"{key}: {ids[key]!r} must match {_ID_PATTERN.pattern}")
-        try:
-            start = float(_require(d, "start_time_s", ""))
-        except (TypeError, ValueError):
-            raise ClipError(Reason.INVALID_RECORD, "start_time_s: not a number") from None
-        if not math.isfinite(start):
-            raise ClipError(Reason.INVALID_RECORD, "start_time_s: not finite")
-        cams = _require(d, "cameras", "")
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
+            raise ClipError(_INVALID, f"schema_version: {_show(version)} not supported (expected {SCHEMA_VERSION})")
+        ids = {key: _string(_field(d, key, ""), key, b, _ID_PATTERN) for key in ("clip_id", "drive_id", "rig_id")}
+        start = _number(_field(d, "start_time_s", ""), "start_time_s")
+        _within(abs(start), "start_time_s", b, hi="max_abs_time_s", what="|time| ")
+        cams = _field(d, "cameras", "")
         if not isinstance(cams, (list, tuple)) or not cams:
-            raise ClipError(Reason.MISSING_CAMERA, "cameras: empty or not a list")
-        cameras = tuple(Camera.from_dict(c, base_dir) for c in cams)
+            raise ClipError(Reason.MISSING_CAMERA, f"cameras: empty or not an array ({_kind(cams)})")
+        if b is not None and len(cams) > b.max_cameras:
+            raise ClipError(Reason.OUT_OF_BOUNDS, f"cameras: {len(cams)} cameras, more than "
+                                                  f"ingest.bounds.max_cameras = {b.max_cameras}")
+        cameras = tuple(Camera.from_dict(c, base_dir, checks, i) for i, c in enumerate(cams))
         names = [c.name for c in cameras]
         if len(set(names)) != len(names):
-            raise ClipError(Reason.INVALID_RECORD, f"cameras: duplicate names {names}")
-        meta = d.get("metadata") or {}
+            raise ClipError(_INVALID, f"cameras: duplicate names {names}")
+        meta = d.get("metadata")
+        meta = {} if meta is None else meta
         if not isinstance(meta, Mapping):
-            raise ClipError(Reason.INVALID_RECORD, "metadata: must be an object")
+            raise ClipError(_INVALID, f"metadata: expected an object, got {_kind(meta)}")
         meta = {k: v for k, v in meta.items() if v is not None}   # absent and null both mean unknown
+        for k, v in meta.items():
+            if k in VOCABULARY:   # an unknown name is the vocabulary's to report
+                _string(v, f"metadata.{k}", b, bound="max_metadata_length")
         try:
             meta_ids = encode_metadata(meta)
         except VocabularyError as err:
             raise ClipError(Reason.UNKNOWN_METADATA, str(err)) from None
+        ego = Ego.from_dict(_field(d, "ego", ""), checks)
+        gps = Gps.from_dict(_field(d, "gps", ""), checks)
         boxes = d.get("boxes")
-        return cls(ids["clip_id"], ids["drive_id"], ids["rig_id"], start, cameras,
-                   Ego.from_dict(_require(d, "ego", "")), Gps.from_dict(_require(d, "gps", "")),
-                   meta, meta_ids, Boxes.from_dict(boxes) if boxes else None)
+        return cls(ids["clip_id"], ids["drive_id"], ids["rig_id"], start, cameras, ego, gps, meta, meta_ids,
+                   None if boxes is None else Boxes.from_dict(boxes, checks))
 
     @classmethod
-    def from_json_file(cls, path: str) -> "Clip":
+    def from_json_file(cls, location: str, ingest: IngestConfig | None = None) -> "Clip":
+        """Read and parse a ``clip.json`` (a path or URI); its directory is the record's ``base_dir``."""
         try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read())
-        except (OSError, ValueError) as err:
-            raise ClipError(Reason.INVALID_RECORD, f"{path}: cannot read clip record ({err})") from None
-        return cls.from_dict(d, base_dir=os.path.dirname(os.path.abspath(path)))
+            if ingest is not None:   # refuse a huge record before reading it into memory
+                n = storage.size(location)
+                _within((n or 0) / 2**20, "record", ingest.bounds, hi="max_record_mb", what="size (MiB) ")
+            d = json.loads(storage.read_bytes(location))
+        except (OSError, ValueError, RecursionError) as err:
+            if isinstance(err, ClipError):
+                raise
+            raise ClipError(_INVALID, f"{storage.redact(location)}: cannot read clip record "
+                                      f"({type(err).__name__}: {err})") from None
+        return cls.from_dict(d, base_dir=storage.dirname(location), ingest=ingest)
 
     def to_dict(self, base_dir: str | None = None) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "clip_id": self.clip_id, "drive_id": self.drive_id,

@@ -10,12 +10,19 @@ from enum import Enum
 
 class Reason(str, Enum):
     # Bad input: the clip (or one of its windows) cannot be used.
-    INVALID_RECORD = "invalid_record"            # clip.json/manifest row unreadable or missing fields
+    INVALID_RECORD = "invalid_record"            # clip.json/manifest row unreadable, a field missing, of the
+                                                 # wrong type, non-finite or unknown (ingest.extra_keys)
+    OUT_OF_BOUNDS = "out_of_bounds"              # a value outside ingest.bounds (the detail names the bound)
+    DUPLICATE_CLIP_ID = "duplicate_clip_id"      # another record of the source, earlier in source order, has the id
+    VIDEO_PATH_OUTSIDE_SOURCE = "video_path_outside_source"  # absolute, a URI or climbing out with '..'
+                                                 # (ingest.allow_absolute_videos)
     MISSING_CAMERA = "missing_camera"            # a camera's video file absent, or too few cameras
     EMPTY_VIDEO = "empty_video"                  # zero-byte video file
     UNREADABLE_VIDEO = "unreadable_video"        # the decoder cannot open the file
     TRUNCATED_VIDEO = "truncated_video"          # opens, but frames past some point cannot be decoded
-    FRAME_COUNT_MISMATCH = "frame_count_mismatch"  # fewer decodable frames than timestamps declared
+    FRAME_COUNT_MISMATCH = "frame_count_mismatch"  # the video's frames differ from the timestamps declared
+    RESOLUTION_MISMATCH = "resolution_mismatch"  # the decoded frame's size is not the declared width x height
+    FRAME_RATE_MISMATCH = "frame_rate_mismatch"  # declared frame_rate vs the timestamps' spacing or the container
     TIMESTAMPS_NOT_INCREASING = "timestamps_not_increasing"
     NAN_EGO = "nan_ego"                          # NaN/inf in ego speed, curvature or timestamps
     NAN_GPS = "nan_gps"
@@ -32,10 +39,15 @@ class Reason(str, Enum):
         return self not in (Reason.NOT_SELECTED_STRIDE, Reason.NOT_SELECTED_BALANCE)
 
 
+MAX_DETAIL = 1000   # characters: a hostile value must not turn one rejects row into megabytes
+
+
 class ClipError(ValueError):
     """A clip that fails its contract; carries the reject reason and a human-readable detail."""
 
     def __init__(self, reason: Reason, detail: str):
+        if len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL - 3] + "..."
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

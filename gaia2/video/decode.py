@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from gaia2.schema.errors import ClipError, Reason
+from gaia2.storage import read_bytes, redact   # paths and s3://, gs:// URIs alike
+
+if TYPE_CHECKING:
+    from gaia2.config.shards import ToleranceConfig
 
 # ISO BMFF top-level boxes; a file whose boxes run past its end was cut short.
 _MP4_TOP_LEVEL = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"moof", b"mfra", b"meta",
                   b"styp", b"sidx", b"pdin", b"prft", b"emsg"}
-
-
-def read_bytes(uri: str) -> bytes:
-    """Local path or any URI pyarrow understands (s3://, gs://, hdfs://...)."""
-    if "://" in uri and not uri.startswith("file://"):
-        import pyarrow.fs as pafs   # only for remote storage
-        fs, path = pafs.FileSystem.from_uri(uri)
-        with fs.open_input_file(path) as f:
-            return f.read()
-    with open(uri.removeprefix("file://"), "rb") as f:
-        return f.read()
 
 
 def mp4_truncation(data: bytes) -> str | None:
@@ -61,28 +55,67 @@ def open_video(data: bytes, name: str, width: int = -1, height: int = -1):
         raise ClipError(Reason.UNREADABLE_VIDEO, f"{name}: decoder cannot open it ({str(err).splitlines()[0][:200]})") from None
 
 
-def check_video(uri: str, name: str, declared_frames: int, check: str = "last_frame") -> int:
-    """Open a camera's video and make sure all ``declared_frames`` can be decoded; returns the count."""
+class VideoInfo(NamedTuple):
+    frames: int       # len(VideoReader): frames the container holds
+    width: int        # of the first decoded frame
+    height: int
+    fps: float        # the container's average rate
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [""])[0][:200]
+
+
+def check_video(uri: str, name: str, declared_frames: int, check: str = "last_frame", *,
+                width: int | None = None, height: int | None = None, frame_rate: float | None = None,
+                tolerance: ToleranceConfig | None = None) -> VideoInfo:
+    """Open a camera's video and make sure it is what the record declares.
+
+    Always: the container opens, holds ``declared_frames`` frames (``tolerance.extra_frames`` more are
+    allowed: never used) and its first frame decodes. Given ``width``/``height``: the first frame has that
+    size (within ``tolerance.resolution_px``); given ``frame_rate``: the container's average rate agrees
+    (within ``tolerance.container_frame_rate``, relative; None in the tolerance skips it). ``check``:
+    ``last_frame``/``all_frames`` decode those too (``container`` stops after the first frame).
+    """
     try:
         data = read_bytes(uri)
     except FileNotFoundError:
-        raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file not found: {uri}") from None
-    except OSError as err:
-        raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file unreadable: {uri} ({err})") from None
+        raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file not found: {redact(uri)}") from None
+    except (OSError, ValueError) as err:   # StorageError is an OSError; a malformed location a ValueError
+        raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file unreadable: {redact(uri)} ({_first_line(err)})") from None
     vr = open_video(data, name)
     n = len(vr)
-    if n != declared_frames:
-        raise ClipError(Reason.FRAME_COUNT_MISMATCH, f"{name}: {declared_frames} timestamps declared, video has {n} frames")
+    extra = tolerance.extra_frames if tolerance is not None else 0
+    if not declared_frames <= n <= declared_frames + extra:
+        raise ClipError(Reason.FRAME_COUNT_MISMATCH,
+                        f"{name}.timestamps: {declared_frames} timestamps declared, video has {n} frames"
+                        + (f" (ingest.tolerance.extra_frames = {extra})" if n > declared_frames else ""))
+    try:
+        h, w = vr[0].shape[:2]   # decodes one frame (a keyframe): the size without decoding the stream
+        fps = float(vr.get_avg_fps())
+    except Exception as err:   # decord's own errors
+        raise ClipError(Reason.UNREADABLE_VIDEO, f"{name}: first frame cannot be decoded ({_first_line(err)})") from None
+    px = tolerance.resolution_px if tolerance is not None else 0
+    if width is not None and height is not None and (abs(w - width) > px or abs(h - height) > px):
+        raise ClipError(Reason.RESOLUTION_MISMATCH,
+                        f"{name}.width/height: declared {width}x{height}, video frames are {w}x{h} "
+                        f"(ingest.tolerance.resolution_px = {px}); intrinsics and boxes would be wrong")
+    rel = tolerance.container_frame_rate if tolerance is not None else None
+    if frame_rate is not None and rel is not None and not (fps > 0 and abs(frame_rate / fps - 1) <= rel):
+        raise ClipError(Reason.FRAME_RATE_MISMATCH,
+                        f"{name}.frame_rate: declared {frame_rate:g} Hz, the video container says {fps:.4g} Hz "
+                        f"(ingest.tolerance.container_frame_rate = {rel:g})")
+    info = VideoInfo(n, int(w), int(h), fps)
     if check == "container":
-        return n
+        return info
     indices = list(range(n)) if check == "all_frames" else [n - 1]
     try:
         frames = vr.get_batch(indices).asnumpy()
     except Exception as err:
-        raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: frame {indices[-1]} cannot be decoded ({str(err).splitlines()[0][:200]})") from None
+        raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: frame {indices[-1]} cannot be decoded ({_first_line(err)})") from None
     if frames.shape[0] != len(indices):
         raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: decoded {frames.shape[0]} of {len(indices)} frames")
-    return n
+    return info
 
 
 def decode_frames(uri: str, name: str, indices: np.ndarray, scaled_wh: tuple[int, int],

@@ -3,22 +3,29 @@
 One input row per clip; one output row per window, or a single reject row for a bad clip. No pixels
 leave this stage: selection (split, stride, balancing) needs only metadata, and only the selected
 windows are decoded in full later.
+
+Every record is hostile until checked: a malformed field, a value outside ``ingest.bounds``, a declared
+rate, size or frame count its timestamps or video contradict (``ingest.tolerance``), a video path leaving
+the source: each is a reject row with its reason and a detail naming the field, never an exception
+past the record. Duplicate clip ids need every row at once: ``dedupe_clip_ids`` runs on the driver.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import numpy as np
 
+from gaia2 import storage
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.windows import Window, cut_windows, window_key
 from gaia2.schema.clip import Clip, dumps
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.video.decode import check_video
 from pipelines.rejects import REJECT_COLUMNS, map_rows
-from pipelines.shards.sources import ClipRef, read_record
+from pipelines.shards.sources import ClipRef
 
 COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_time", "location", "clip_json",
            "metadata_json", "track_json", *REJECT_COLUMNS)
@@ -38,13 +45,30 @@ class IngestClips:
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
 
+    def read(self, ref: ClipRef) -> Clip:
+        """Parse and check the referenced record under ``ingest``'s bounds, tolerances and path policy."""
+        ingest = self.cfg.ingest
+        if ref.record is None:
+            return Clip.from_json_file(ref.location, ingest)
+        mb = len(ref.record) / 2**20
+        if mb > ingest.bounds.max_record_mb:
+            raise ClipError(Reason.OUT_OF_BOUNDS, f"record: {mb:.1f} MiB, more than ingest.bounds.max_record_mb = "
+                                                  f"{ingest.bounds.max_record_mb}")
+        try:
+            record = json.loads(ref.record)
+        except (ValueError, RecursionError) as err:
+            raise ClipError(Reason.INVALID_RECORD, f"record: not JSON ({type(err).__name__}: {err})") from None
+        return Clip.from_dict(record, base_dir=ref.base_dir, ingest=ingest)
+
     def windows(self, clip: Clip) -> list[Window]:
         """The clip's windows, once its cameras and videos pass the checks."""
-        if len(clip.cameras) < self.cfg.ingest.min_cameras:
+        ingest = self.cfg.ingest
+        if len(clip.cameras) < ingest.min_cameras:
             raise ClipError(Reason.MISSING_CAMERA,
-                            f"{len(clip.cameras)} cameras, at least {self.cfg.ingest.min_cameras} required")
+                            f"cameras: {len(clip.cameras)}, at least ingest.min_cameras = {ingest.min_cameras} required")
         for cam in clip.cameras:
-            check_video(cam.video, cam.name, len(cam.timestamps), self.cfg.ingest.decode_check)
+            check_video(cam.video, f"cameras[{cam.name}]", len(cam.timestamps), ingest.decode_check,
+                        width=cam.width, height=cam.height, frame_rate=cam.frame_rate, tolerance=ingest.tolerance)
         windows = cut_windows(clip, self.cfg.window.frames, self.cfg.window.hop, self.cfg.window.grid_hz)
         if not windows:
             raise ClipError(Reason.TOO_SHORT, f"shorter than one window of {self.cfg.window.frames} frames "
@@ -55,14 +79,16 @@ class IngestClips:
         """One row per window of each clip, or a single reject row for a clip that cannot be used."""
         n = len(refs)
         # Read first, then check: a clip rejected by the checks is named by its record's clip_id.
-        clips, rejects = map_rows(lambda i: read_record(refs[i]), n, "ingest", Reason.INVALID_RECORD, None)
+        clips, rejects = map_rows(lambda i: self.read(refs[i]), n, "ingest", Reason.INVALID_RECORD, None)
         windows, rejects = map_rows(lambda i: self.windows(clips[i]), n, "ingest", Reason.INVALID_RECORD, [],
                                     rejects)
         rows: list[dict[str, Any]] = []
         for ref, clip, clip_windows, reject in zip(refs, clips, windows, rejects):
             if reject is not None:
-                rows.append(_row(kind="reject", clip_id=clip.clip_id if clip else ref.ref_id, location=ref.location,
-                                 **reject.columns()))
+                # A record that parsed is named by its clip_id and carries its drive_id; one that did not is
+                # named by its ref_id (directory name, manifest row) and has no drive_id (dedupe_clip_ids).
+                rows.append(_row(kind="reject", clip_id=clip.clip_id if clip else ref.ref_id,
+                                 drive_id=clip.drive_id if clip else "", location=ref.location, **reject.columns()))
                 continue
             meta_json = json.dumps(clip.metadata, sort_keys=True)
             # Each window carries its own slice of the record: later stages parse kilobytes, not the clip.
@@ -81,6 +107,47 @@ class IngestClips:
         rows = self.ingest(refs)
         return {c: np.asarray([r[c] for r in rows], dtype=object if c not in ("window", "start_time", "end_time")
                               else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
+
+
+def _natural(location: str) -> list:
+    """Sort key comparing the numbers in a location as numbers (``#row=9`` before ``#row=10``)."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", location))]
+
+
+def dedupe_clip_ids(rows: list[dict[str, Any]],
+                    order: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One record per clip_id: each record after the first in source order becomes a ``duplicate_clip_id`` reject.
+
+    ``rows``: ingest's rows of the whole source, from every batch, in any order. ``order``: the locations in
+    source order (``[ref.location for ref in refs]``); a location not in it (or no ``order``) sorts after,
+    by its text with numbers compared as numbers. A record is its location. Only records that parsed hold
+    their clip_id (a record that did not is named by its directory or row, which is no claim). The first
+    keeps its rows whatever they are; a later one with windows loses them for one reject row naming the
+    first; a later one already rejected keeps its own reason (it is out either way). Keeping the first,
+    not rejecting both: the build stays deterministic and loses one record, and the detail says where the
+    other is, for a person to decide.
+
+    Returns (rows to go on with, which include the new reject rows; the new reject rows alone).
+    """
+    rank = {loc: i for i, loc in enumerate(order or ())}
+    claims = sorted({(r["location"], r["clip_id"]) for r in rows if r["drive_id"]},
+                    key=lambda lc: (rank.get(lc[0], len(rank)), _natural(lc[0])))
+    first: dict[str, str] = {}
+    for location, clip_id in claims:
+        first.setdefault(clip_id, location)
+    kept, duplicates, seen = [], [], set()
+    for r in rows:
+        owner = first.get(r["clip_id"], r["location"])
+        if r["kind"] != "window" or r["location"] == owner:
+            kept.append(r)
+        elif r["location"] not in seen:
+            seen.add(r["location"])
+            duplicates.append(_row(
+                kind="reject", clip_id=r["clip_id"], drive_id=r["drive_id"], location=r["location"],
+                reject_stage="ingest", reject_reason=Reason.DUPLICATE_CLIP_ID.value,
+                reject_detail=f"clip_id: {r['clip_id']!r} is also the record at {storage.redact(owner)}, earlier "
+                              f"in source order (kept)"))
+    return kept + duplicates, duplicates
 
 
 # Ray tasks pickle a function by reference, so each worker imports only this light module (not
