@@ -21,8 +21,11 @@ in an actor pool (``pipelines.evaluation.measure``; ``measure.num_gpus`` per act
 
 Each distance has its sample counts and a bootstrap interval (``bootstrap`` resamples, ``level``). Real-video
 measurements are cached by (dataset fingerprint, extractor fingerprint incl. weights and resolution, frame
-choice) under ``job.cache``, so evaluating another model reuses them. Pretrained networks load from local paths
-only (``networks.*``); nothing is downloaded.
+choice) under ``job.cache``, so evaluating another model reuses them, and a copy of the same build elsewhere
+(the fingerprint is of the contents). Pretrained networks load from local paths only (``networks.*``); nothing is
+downloaded. The shards (``--shards``, ``--latents``) are local directories or object-storage URIs (``s3://``,
+``gs://``: ``gaia2.storage``); so may ``--out`` be (the job then works in ``<workdir>/evaluations/<name>`` and
+copies its output to the URI at the end); the cache is local.
 
 Output (``job.out``, default ``<workdir>/evaluations/<name>``): ``generations/<model>/<key>/``,
 ``measurements/<model>/``, ``evaluation.json`` (the report), and one MLflow run (experiment ``evaluation``) with
@@ -43,12 +46,14 @@ from typing import Literal, Sequence
 
 from pydantic import Field, field_validator
 
+from gaia2 import storage
 from gaia2.config.base import ConfigError, StrictModel, build_config
 from gaia2.flow.stats import LatentStatsError
 from gaia2.generation.spec import SpecError
 from jobs.generate_batch import GenerateInputError
 from jobs.options import Alias, Command
 from jobs.registry import ModelInputError
+from pipelines.evaluation.samples import unreadable
 
 EXPERIMENT = "evaluation"
 REPORT_FILE = "evaluation.json"
@@ -115,9 +120,11 @@ class EvaluateJob(StrictModel):
     checkpoints: str | None = Field(None, description="instead of world_model: a training run's folder of "
                                                       "checkpoint-<step> directories (or a comma list of them)")
     tokenizer: str | None = Field(None, description="tokenizer export directory or MLflow model URI")
-    shards: str | None = Field(None, description="pixel shards (gaia2 shards build): the real videos")
-    latents: str | None = Field(None, description="latent shards of the same build (gaia2 encode-latents): each "
-                                                  "sample's conditioning, and the validation loss")
+    shards: str | None = Field(None, description="pixel shards (gaia2 shards build), a directory or an s3:// / "
+                                                 "gs:// URI: the real videos")
+    latents: str | None = Field(None, description="latent shards of the same build (gaia2 encode-latents), a "
+                                                  "directory or a URI: each sample's conditioning, and the "
+                                                  "validation loss")
     split: str = Field("val", min_length=1)
     samples: int | None = Field(None, ge=1, description="the first N samples of the split (keys sorted; all by "
                                                         "default; the paper: 1024)")
@@ -131,8 +138,13 @@ class EvaluateJob(StrictModel):
                                                              "samples, i.e. the same first N keys)")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
                              description="the evaluation's name (default: from the model and mode)")
-    out: str | None = Field(None, description="output directory (default <workdir>/evaluations/<name>)")
-    cache: str | None = Field(None, description="real-video measurement cache (default <workdir>/feature-cache)")
+    out: str | None = Field(None, description="output directory (default <workdir>/evaluations/<name>), or an "
+                                              "s3:// / gs:// URI: then the job works in that default local "
+                                              "directory and copies the output there at the end (not _models/), "
+                                              "evaluation.json last")
+    cache: str | None = Field(None, description="real-video measurement cache (default <workdir>/feature-cache); "
+                                                "a local directory only (entries are published by renames that "
+                                                "concurrent evaluations sharing it rely on)")
     workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"))
     promote: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,100}$",
                                 description="an alias to move to the evaluated version if it beats the holder")
@@ -194,8 +206,12 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
         if not getattr(job, field):
             raise ConfigError(f"job.{field}: required (pass --{field})")
     for field in ("shards", "latents"):
-        if not os.path.isdir(getattr(job, field)):
-            raise ConfigError(f"job.{field}: {getattr(job, field)!r} is not a directory")
+        problem = unreadable(getattr(job, field))
+        if problem:
+            raise ConfigError(f"job.{field}: {problem}")
+    if job.cache and storage.is_uri(job.cache):
+        raise ConfigError(f"job.cache: {storage.redact(job.cache)!r} is a URI; the measurement cache is a local "
+                          f"directory (--shards, --latents and --out may be URIs)")
     missing = [(m, NETWORK_OF[m]) for m in wanted(cfg) if m in NETWORK_OF and not getattr(cfg.networks,
                                                                                            NETWORK_OF[m])]
     if missing:

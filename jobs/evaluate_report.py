@@ -115,16 +115,18 @@ def _finite(value) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- tracking
-def track(report: dict, cfg, out: str, holder) -> dict:
-    """Log ``report`` to one MLflow run (experiment ``evaluation``; a rerun onto ``out`` continues it), tag the
-    evaluated registered versions, decide a promotion; returns the report with the run and the decision."""
+def track(report: dict, cfg, out: str, holder, run_file_in: str | None = None) -> dict:
+    """Log ``report`` to one MLflow run (experiment ``evaluation``; a rerun onto the same output continues it: its
+    id is kept in ``run_file_in``, default ``out``, which may be an object-storage URI), tag the evaluated
+    registered versions, decide a promotion; returns the report with the run and the decision. Its files are
+    written under ``out`` (local)."""
     import mlflow
 
     from jobs.evaluate_promote import decide
     from jobs.tracking import log_config, output_run, tracking_uri
 
     job = cfg.job
-    with output_run(EXPERIMENT, job.workdir, out) as (active, new):
+    with output_run(EXPERIMENT, job.workdir, run_file_in or out) as (active, new):
         run_id = active.info.run_id
         report.update(run_id=run_id, tracking_uri=tracking_uri(job.workdir))
         if new:

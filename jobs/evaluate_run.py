@@ -5,6 +5,8 @@ promotion (``jobs.evaluate_report``, ``jobs.evaluate_promote``).
 Everything a step writes is kept under the output directory and reused by a rerun: generations (skipped when
 their folder records the same spec), fake-video measurements (``measurements/<model>/<settings>/<key>.npz``),
 real-video measurements (the cache), exported checkpoints; the MLflow run continues (``mlflow_run.json``).
+Shards are read through ``gaia2.storage``. An object-storage ``--out`` gets a copy of the local working directory
+(``<workdir>/evaluations/<name>``) at the end (``publish``), and its ``mlflow_run.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from gaia2 import storage
 from jobs.evaluate import (REPORT_FILE, EvaluateConfig, EvaluationError, metric_names, protocol_digest,
                            wanted)
 from jobs.evaluate_models import Candidate, checkpoint_candidates, recorded_step, tag_for
@@ -53,9 +56,9 @@ class Evaluation:
             raise EvaluationError(str(err)) from None
         missing = [i.name for i in items if i.name not in real.where]
         if missing:
-            raise EvaluationError(f"shards {job.shards!r}: split {job.split!r} lacks {len(missing)} of the latent "
-                                  f"shards' samples (e.g. {missing[:3]}); give the pixel shards the latents were "
-                                  f"encoded from")
+            raise EvaluationError(f"shards {storage.redact(job.shards)!r}: split {job.split!r} lacks {len(missing)} "
+                                  f"of the latent shards' samples (e.g. {missing[:3]}); give the pixel shards the "
+                                  f"latents were encoded from")
         return items
 
     def candidates(self, out: str) -> list[Candidate]:
@@ -116,7 +119,9 @@ class Evaluation:
         items = self.samples()
         keys = [i.name for i in items]
         name = job.name or self._name()
-        out = os.path.abspath(job.out or os.path.join(job.workdir, "evaluations", name))
+        # An object-storage output is written here first and copied there at the end (``publish``).
+        target = job.out if job.out and storage.is_uri(job.out) else None
+        out = os.path.abspath(job.out if job.out and not target else os.path.join(job.workdir, "evaluations", name))
         os.makedirs(out, exist_ok=True)
         settings = self.settings()
         fingerprints = self.fingerprints(settings)
@@ -131,7 +136,8 @@ class Evaluation:
         if holder is not None and holder.candidate is not None:
             candidates.append(holder.candidate)
         say(f"{len(keys)} samples of {job.split!r} ({job.mode}, {job.sampler_steps} steps), metrics "
-            f"{', '.join(self.metrics)}; {len(candidates)} model(s): {', '.join(c.tag for c in candidates)} -> {out}")
+            f"{', '.join(self.metrics)}; {len(candidates)} model(s): {', '.join(c.tag for c in candidates)} -> {out}"
+            + (f" (then copied to {storage.redact(target)})" if target else ""))
         init_ray()
         failures: list[dict] = []
         models = {}
@@ -162,15 +168,21 @@ class Evaluation:
             results.append({"tag": cand.tag, "role": cand.role, "world_model": cand.world_model, "step": step,
                             "checkpoint": cand.source, "models": models[cand.tag].record, "metrics": metrics,
                             "counts": counts})
-        report = {"name": name, "out": out, "protocol": protocol, "dataset": dataset, "split": job.split,
+        report = {"name": name, "out": storage.redact(target) if target else out, "protocol": protocol,
+                  "dataset": dataset, "split": job.split,
                   "mode": job.mode, "metrics_asked": self.metrics, "metric_names": metric_names(self.metrics),
                   "tracker": settings.tracker, "fingerprints": fingerprints, "candidates": results,
                   "counts": {"samples": len(keys), "failures": len(failures), **measured}, "failures": failures,
                   "level": cfg.level, "bootstrap": cfg.bootstrap,
                   "settings": asdict(settings)}
-        report = track(report, cfg, out, holder)
+        if target:
+            report["working_copy"] = out
+        report = track(report, cfg, out, holder, run_file_in=target or out)
         report["seconds"] = round(time.perf_counter() - started, 1)
         _write_json(os.path.join(out, REPORT_FILE), report)
+        if target:
+            n = publish(out, target)
+            say(f"copied {n} files to {storage.redact(target)}")
         return report
 
     def _name(self) -> str:
@@ -244,8 +256,8 @@ class Evaluation:
         device = "cuda" if m.num_gpus > 0 else "cpu"
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             MeasureVideos, fn_constructor_kwargs={
-                "settings": settings.to_json(), "shards": os.path.abspath(self.job.shards),
-                "latents": os.path.abspath(self.job.latents), "split": self.job.split, "device": device,
+                "settings": settings.to_json(), "shards": storage.absolute(self.job.shards),
+                "latents": storage.absolute(self.job.latents), "split": self.job.split, "device": device,
                 "num_threads": max(1, int(m.num_cpus))},
             batch_size=m.rows_per_call, compute=ray.data.ActorPoolStrategy(size=min(m.concurrency, blocks)),
             num_cpus=m.num_cpus, num_gpus=m.num_gpus)
@@ -285,7 +297,7 @@ class Evaluation:
         m = self.cfg.measure
         task = ray.remote(num_cpus=m.num_cpus, num_gpus=m.num_gpus)(validation_loss_task)
         t0 = time.perf_counter()
-        result = ray.get(task.remote(model_dir, os.path.abspath(self.job.latents), self.job.split,
+        result = ray.get(task.remote(model_dir, storage.absolute(self.job.latents), self.job.split,
                                      self.job.loss_samples or self.job.samples, self.job.seed, "cuda" if m.num_gpus > 0 else "cpu",
                                      max(1, int(m.num_cpus))))
         say(f"{tag}: validation loss {result['val_loss']:.4f} on {int(result['samples'])} samples in "
@@ -327,6 +339,17 @@ def validation_loss_task(model_dir: str, latents: str, split: str, max_samples: 
 
     flow = paper_flow().model_copy(update={"latent_mean": meta["latent_mean"], "latent_std": meta["latent_std"]})
     return validation_loss(model, batches(), flow, seed=seed, device=device, task=task)
+
+
+def publish(local: str, target: str) -> int:
+    """Copy the evaluation's output ``local`` to ``target`` (an object-storage URI), but ``_models/`` (model
+    downloads and exported checkpoints, which the registry and the run's checkpoints hold) and temporary files;
+    ``evaluation.json`` last, so a reader that finds it finds everything it names. Returns the files copied."""
+    files = [rel for rel in storage.list_files(local) if not rel.startswith("_models/")
+             and not rel.endswith((".partial", storage.PARTIAL)) and rel != REPORT_FILE]
+    for rel in [*files, REPORT_FILE]:
+        storage.upload_file(os.path.join(local, rel), storage.join(target, rel))
+    return len(files) + 1
 
 
 def _part(arrays: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray] | None:

@@ -11,6 +11,9 @@ Models are export directories or MLflow model URIs (default: the preset's regist
 ``models:/gaia2-world-model-tiny@candidate`` and ``models:/gaia2-tokenizer-tiny@candidate``). A world model is
 refused with a tokenizer whose registered version carries other latent statistics than its export's.
 
+Latent shards (``--from-shards``, ``--latents``) are a local directory or an object-storage URI (``s3://``,
+``gs://``: ``gaia2.storage``, with options and credentials as it takes them); ``--out`` is a local directory.
+
 ``--spec`` writes one generation into ``--out`` on this machine (no Ray, no MLflow run): ``video.mp4`` (the
 labelled mosaic), ``cameras/<camera>.mp4``, ``latents.npy`` (raw, (T, N, L, H, W)) and ``spec.json`` (the spec as
 run). ``--specs`` (a directory of ``*.yaml`` / ``*.yml`` / ``*.json`` specs, or a Parquet file with a ``spec``
@@ -37,6 +40,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
+from gaia2 import storage
 from gaia2.config.base import ConfigError, StrictModel, build_config
 from gaia2.flow.stats import LatentStatsError
 from gaia2.generation.spec import SpecError
@@ -44,6 +48,7 @@ from jobs.generate_batch import GenerateInputError
 from jobs.options import Alias, Command
 from jobs.registry import ModelInputError
 from jobs.serve.client import ServiceError
+from pipelines.evaluation.samples import unreadable
 
 EXPERIMENT = "generation"
 REPORT_FILE = "generate.json"
@@ -57,8 +62,9 @@ class GenerateJob(StrictModel):
     spec: str | None = Field(None, description="one spec file (YAML or JSON), generated on this machine into out")
     specs: str | None = Field(None, description="a directory of spec files, or a Parquet file with a string column "
                                                 "'spec' of JSON specs (and optionally 'name'): the Ray job")
-    from_shards: str | None = Field(None, description="latent shards: one spec per sample of split, regenerating "
-                                                      "it under its own conditioning (the Ray job)")
+    from_shards: str | None = Field(None, description="latent shards (a directory or an s3:// / gs:// URI): one "
+                                                      "spec per sample of split, regenerating it under its own "
+                                                      "conditioning (the Ray job)")
     split: str = Field("val", min_length=1, description="with from_shards: the split whose samples are generated")
     limit: int | None = Field(None, ge=1, description="with from_shards: the first N samples (keys sorted)")
     mode: Literal["scratch", "rollout", "edit"] = Field(
@@ -70,9 +76,11 @@ class GenerateJob(StrictModel):
     sampler_steps: int | None = Field(None, ge=1, le=1000,
                                       description="sampler steps of every spec (replaces each spec's sampler.steps; "
                                                   "default: the spec's, 50 with from_shards)")
-    latents: str | None = Field(None, description="latent shards the specs' {sample: KEY} references come from "
-                                                  "(default: from_shards)")
-    out: str | None = Field(None, description="output: the generation's folder (spec), or one folder per spec")
+    latents: str | None = Field(None, description="latent shards the specs' {sample: KEY} references come from, "
+                                                  "a directory or an s3:// / gs:// URI (default: from_shards)")
+    out: str | None = Field(None, description="output: the generation's folder (spec), or one folder per spec; a "
+                                              "local directory (each generation is written whole and renamed into "
+                                              "place, then read back by the evaluation and MLflow): not a URI")
     world_model: str | None = Field(None, description="world model export directory or MLflow model URI")
     tokenizer: str | None = Field(None, description="tokenizer export directory or MLflow model URI")
     clip: str | None = Field(None, description="CLIP checkpoint directory, for specs with a text prompt or image")
@@ -127,9 +135,16 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: d
     for field in ("out", "world_model", "tokenizer"):
         if not getattr(job, field):
             raise ConfigError(f"job.{field}: required (pass --{field.replace('_', '-')})")
-    if job.from_shards and job.latents and os.path.abspath(job.latents) != os.path.abspath(job.from_shards):
-        raise ConfigError(f"job.latents: {job.latents!r} differs from job.from_shards {job.from_shards!r} (the "
-                          f"samples come from from_shards; leave latents out)")
+    if storage.is_uri(job.out):
+        raise ConfigError(f"job.out: {storage.redact(job.out)!r} is a URI; generations are written to a local "
+                          f"directory (inputs may be on object storage: --from-shards, --latents)")
+    if job.from_shards and job.latents and storage.absolute(job.latents) != storage.absolute(job.from_shards):
+        raise ConfigError(f"job.latents: {storage.redact(job.latents)!r} differs from job.from_shards "
+                          f"{storage.redact(job.from_shards)!r} (the samples come from from_shards; leave latents out)")
+    for field in ("from_shards", "latents"):
+        problem = getattr(job, field) and unreadable(getattr(job, field))
+        if problem:
+            raise ConfigError(f"job.{field}: {problem} (expected latent shards written by gaia2 encode-latents)")
     if not job.spec and cfg.device == "cuda" and cfg.num_gpus == 0:
         raise ConfigError("num_gpus: 0 with device cuda; give each generator actor a GPU (--num-gpus 1)")
     return cfg
@@ -146,6 +161,9 @@ def _check_server(cfg: GenerateConfig) -> GenerateConfig:
     for name, flag in (("spec", "--spec"), ("out", "--out")):
         if not getattr(job, name):
             raise ConfigError(f"job.{name}: required with --server (pass {flag})")
+    if storage.is_uri(job.out):
+        raise ConfigError(f"job.out: {storage.redact(job.out)!r} is a URI; the generation's files come back into a "
+                          f"local directory")
     if job.latents:
         raise ConfigError("job.latents: not with --server ({sample: KEY} names the server's dataset; a .npy file "
                           "is uploaded from the spec's {latents: FILE})")
@@ -250,12 +268,13 @@ def local_device(device: str) -> str:
 
 
 def _latent_sources(latents: str | None, base_dir: str):
-    from gaia2.generation.sources import LocalSources
+    """Sources of specs in ``base_dir`` with samples from latent shards ``latents`` (a directory or a URI)."""
+    from jobs.generate_batch import latent_sources
 
-    if latents and not os.path.isdir(latents):
-        raise GenerateInputError(f"latents {latents!r}: not a directory (expected latent shards written by "
-                                 f"gaia2 encode-latents)")
-    return LocalSources(latents, base_dir)   # SpecError if it holds no latent shards
+    problem = latents and unreadable(latents)
+    if problem:
+        raise GenerateInputError(f"latents {problem} (expected latent shards written by gaia2 encode-latents)")
+    return latent_sources(latents, base_dir)   # SpecError if it holds no latent shards
 
 
 # ------------------------------------------------------------------------------------------- one spec
@@ -311,9 +330,10 @@ def list_items(job: GenerateJob) -> tuple[list, list[dict]]:
     from jobs.generate_batch import shard_items, spec_dir_items, spec_table_items, unique_names
 
     if job.from_shards:
-        if not os.path.isdir(job.from_shards):
-            raise GenerateInputError(f"from_shards {job.from_shards!r}: not a directory (expected latent shards "
-                                     f"written by gaia2 encode-latents)")
+        problem = unreadable(job.from_shards)
+        if problem:
+            raise GenerateInputError(f"from_shards {problem} (expected latent shards written by gaia2 "
+                                     f"encode-latents)")
         items, rejects = shard_items(job.from_shards, job.split, job.limit, job.mode, job.seed,
                                      job.sampler_steps or 50, job.context_steps, job.tau_start), []
     elif os.path.isdir(job.specs):
@@ -364,7 +384,7 @@ def _generate(cfg: GenerateConfig, todo: list, models: Models, out: str) -> list
     ds = ds.map_batches(
         GenerateSpecs, fn_constructor_kwargs={
             "world_model": models.world_model, "tokenizer": models.tokenizer, "out_dir": out,
-            "latents": os.path.abspath(job.latents or job.from_shards) if (job.latents or job.from_shards) else None,
+            "latents": storage.absolute(job.latents or job.from_shards) if (job.latents or job.from_shards) else None,
             "clip": models.clip, "device": device, "precision": cfg.precision, "models": models.record,
             "num_threads": max(1, int(cfg.num_cpus))},
         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, blocks)),

@@ -10,23 +10,27 @@ rejects table (``jobs.generate`` runs them).
 Each spec is one row (``name``, ``spec`` JSON, ``base_dir`` its files are relative to); the stage loads the
 models once per actor, prepares every row of a batch, samples the rows of one shape together (``batch_key``: the
 library draws each request's noise from its own seed, so a spec gives the same latents in any batch or actor),
-decodes and writes ``<out>/<name>/``. A spec that fails is a reject row, never a failed job.
+decodes and writes ``<out>/<name>/``. A spec that fails is a reject row, never a failed job. Latent shards are
+read through ``gaia2.storage`` (a local directory or an object-storage URI); ``<out>`` is a local directory.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import re
 import shutil
-import tarfile
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from gaia2 import storage
+from gaia2.generation.sources import LATENT_MEMBERS, LatentShards, LocalSources, SourceSample, load_npy
 from gaia2.generation.spec import GenerationSpec, SpecError, load_spec, parse_spec, spec_for_sample
+from pipelines.evaluation.samples import SampleError, ShardIndex
 from pipelines.rejects import Reject, batch_rejects, reject_columns
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -140,40 +144,76 @@ def spec_table_items(path: str, sampler_steps: int | None = None) -> tuple[list[
 
 
 def latent_steps_of(root: str, split: str, keys: list[str]) -> dict[str, int]:
-    """Latent steps T of each sample in ``keys`` of latent shards ``root``, from the header of its
-    ``<key>.latents.npy`` (no array is read)."""
-    wanted, steps = set(keys), {}
-    for tar in sorted(glob.glob(os.path.join(root, split, "*.tar"))):
-        with tarfile.open(tar) as t:
-            for info in t:
-                key, _, member = info.name.partition(".")
-                if member != "latents.npy" or key not in wanted:
-                    continue
-                f = t.extractfile(info)
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                steps[key] = int(read(f)[0][0])
-        if len(steps) == len(wanted):
-            break
-    missing = sorted(wanted - set(steps))
+    """Latent steps T of each sample in ``keys`` of latent shards ``root`` (a directory or a URI), from the header
+    of its ``<key>.latents.npy`` (only the header is read)."""
+    try:
+        index = ShardIndex(root, split, what="latents")
+    except SampleError as err:
+        raise GenerateInputError(str(err)) from None
+    steps, missing = {}, []
+    for key in keys:
+        try:
+            f = io.BytesIO(index.members(key, ("latents.npy",), limit=4096)["latents.npy"])
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            steps[key] = int(read(f)[0][0])
+        except (SampleError, ValueError, EOFError, IndexError):
+            missing.append(key)
     if missing:
-        raise GenerateInputError(f"latents {root!r}: no {split}/*.tar member <key>.latents.npy for {missing[:5]}")
+        raise GenerateInputError(f"latents {storage.redact(root)!r}: no readable {split}/*.tar member "
+                                 f"<key>.latents.npy for {missing[:5]}")
     return steps
+
+
+class StoredLatentShards(LatentShards):
+    """``gaia2.generation.sources.LatentShards`` read through ``gaia2.storage``: latent shards in a local
+    directory or at an object-storage URI, each sample's members read by offset (``ShardIndex``)."""
+
+    def __init__(self, root: str, scenario=None) -> None:
+        try:
+            self.index = ShardIndex(root, what="latents")
+        except SampleError as err:
+            raise SpecError(str(err)) from None
+        self.root, self.scenario, self._where = self.index.root, scenario, self.index.where
+
+    def keys(self, split: str | None = None) -> list[str]:
+        return sorted(k for k, s in self.index.split.items() if split is None or s == split)
+
+    def __call__(self, key: str) -> SourceSample:
+        key = self.resolve(key)
+        if key not in self._where:
+            raise SpecError(f"sample {key!r}: not in the latent shards at {storage.redact(self.root)!r}")
+        try:
+            members = self.index.members(key, LATENT_MEMBERS)
+        except SampleError as err:
+            raise SpecError(str(err)) from None
+        arrays = {m: load_npy(members[m], f"sample {key!r} {m}") for m in LATENT_MEMBERS[1:]}
+        return SourceSample(key, json.loads(members["json"]), arrays["latents.npy"], arrays["boxes.npy"],
+                            arrays["boxes_valid.npy"], arrays["clip.npy"],
+                            self.scenario(key) if self.scenario else None)
+
+
+def latent_sources(latents: str | None, base_dir: str = ".") -> LocalSources:
+    """The command line's sources (``LocalSources``: files relative to ``base_dir``, the spec's folder) with their
+    samples from latent shards ``latents`` read through ``gaia2.storage`` (a directory or an object-storage URI).
+    ``SpecError`` if it holds no latent shards."""
+    sources = LocalSources(None, base_dir)
+    sources.shards = StoredLatentShards(latents) if latents else None
+    return sources
 
 
 def shard_items(root: str, split: str, limit: int | None, mode: str, seed: int, sampler_steps: int,
                 context_steps: int, tau_start: float) -> list[Item]:
-    """One spec per sample of ``split`` of latent shards ``root`` (the first ``limit`` keys, sorted), regenerating
-    it under its own recorded conditioning (``spec_for_sample``) over its own latent steps; each sample's seed is
-    a hash of (``seed``, key). Named by the key."""
-    from gaia2.generation.sources import LatentShards
+    """One spec per sample of ``split`` of latent shards ``root`` (a directory or a URI; the first ``limit``
+    keys, sorted), regenerating it under its own recorded conditioning (``spec_for_sample``) over its own latent
+    steps; each sample's seed is a hash of (``seed``, key). Named by the key."""
     from pipelines.tokenizer.latents_stages import sample_seed
 
-    keys = LatentShards(root).keys(split)[:limit]
+    keys = StoredLatentShards(root).keys(split)[:limit]   # SpecError if it holds no latent shards
     if not keys:
-        raise GenerateInputError(f"from_shards {root!r}: split {split!r} has no samples")
+        raise GenerateInputError(f"from_shards {storage.redact(root)!r}: split {split!r} has no samples")
     steps = latent_steps_of(root, split, keys)
-    base = os.path.abspath(root)
+    base = storage.absolute(root)
     return [Item(key, f"sample {key}", spec_for_sample(key, steps[key], mode, seed=sample_seed(seed, key),
                                                        tau_start=tau_start, context_steps=context_steps,
                                                        sampler_steps=sampler_steps), base)
@@ -248,12 +288,10 @@ class GenerateSpecs:
     def sources(self, base_dir: str):
         """The specs' sources: samples of ``latents``, files relative to ``base_dir`` (one per folder, its shard
         index read once per actor)."""
-        from gaia2.generation.sources import LocalSources
-
         if base_dir not in self._sources:
             shared = next(iter(self._sources.values()), None)
             if shared is None:
-                self._sources[base_dir] = LocalSources(self.latents, base_dir)
+                self._sources[base_dir] = latent_sources(self.latents, base_dir)
             else:
                 sources = LocalSources(None, base_dir)
                 sources.shards = shared.shards

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gaia2 import storage
 from gaia2.config.base import ConfigError
 
 BOOTSTRAP, LEVEL = 200, 0.95          # the evaluation job's defaults
@@ -47,11 +48,11 @@ def resolve(cfg: Any, local_dir: str, say=print) -> Any:
     e = cfg.eval
     if e.every_steps == 0:
         return cfg
-    fdd, shards, latents = (os.path.abspath(p) for p in (e.fdd, e.shards, cfg.data.shards))
+    # Absolute (a URI as it is): rank 0 reads the shards from its own working directory.
+    fdd, shards, latents = os.path.abspath(e.fdd), storage.absolute(e.shards), storage.absolute(cfg.data.shards)
     _check_dinov2(fdd, e.resolution)
     _check_shards(shards, latents, e.samples)
     tokenizer = _tokenizer_dir(cfg, local_dir, say)   # last: it may download
-    # Absolute paths: rank 0 reads the latent shards too, from its own working directory.
     return cfg.model_copy(update={"eval": e.model_copy(update={"tokenizer": tokenizer, "fdd": fdd, "shards": shards}),
                                   "data": cfg.data.model_copy(update={"shards": latents})})
 
@@ -139,22 +140,23 @@ def _check_shards(shards: str, latents: str, samples: int) -> None:
 
     keys = val_keys(latents, samples)
     if not keys:
-        raise ConfigError(f"data.shards: {latents!r} has no val samples to evaluate")
+        raise ConfigError(f"data.shards: {storage.redact(latents)!r} has no val samples to evaluate")
     try:
         real = ShardIndex(shards, "val")
     except SampleError as err:
         raise ConfigError(f"eval.shards: {err}") from None
     missing = [k for k in keys if k not in real.where]
     if missing:
-        raise ConfigError(f"eval.shards: {shards!r}: its val split lacks {len(missing)} of the {len(keys)} samples "
-                          f"evaluated (e.g. {missing[:3]}); give the pixel shards the latent shards were encoded from")
+        raise ConfigError(f"eval.shards: {storage.redact(shards)!r}: its val split lacks {len(missing)} of the "
+                          f"{len(keys)} samples evaluated (e.g. {missing[:3]}); give the pixel shards the latent "
+                          f"shards were encoded from")
     try:
         videos = [m for m in real.members(keys[0]) if m.endswith(".mp4")]
     except SampleError as err:
         raise ConfigError(f"eval.shards: {err}") from None
     if not videos:
-        raise ConfigError(f"eval.shards: {shards!r}: sample {keys[0]!r} has no videos (latent shards? give the pixel "
-                          f"shards they were encoded from)")
+        raise ConfigError(f"eval.shards: {storage.redact(shards)!r}: sample {keys[0]!r} has no videos (latent "
+                          f"shards? give the pixel shards they were encoded from)")
 
 
 def val_keys(latents: str, samples: int) -> list[str]:
@@ -239,9 +241,9 @@ class LightEvaluation:
     def _load(self) -> dict[str, Any]:
         if self._loaded is None:
             from gaia2.evaluation.features import load_extractor
-            from gaia2.generation.sources import LocalSources
             from gaia2.tokenizer.export import load_tokenizer
             from gaia2.world_model.model import WorldModel
+            from jobs.generate_batch import latent_sources
             from pipelines.evaluation.samples import ShardIndex
 
             c, e = self.cfg, self.e
@@ -249,7 +251,7 @@ class LightEvaluation:
                 "world_model": WorldModel(c.model).eval().requires_grad_(False),   # the EMA weights go in here
                 "tokenizer": load_tokenizer(e.tokenizer, self.device),
                 "extractor": load_extractor("fdd", e.fdd, str(self.device), self.resolution),
-                "sources": LocalSources(latents=c.data.shards),
+                "sources": latent_sources(c.data.shards),
                 "real": ShardIndex(e.shards, "val"),
                 "keys": val_keys(c.data.shards, e.samples)}
         return self._loaded

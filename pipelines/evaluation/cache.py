@@ -12,12 +12,12 @@ evaluations share a cache safely and a stopped one leaves no half-written entry.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 
 import numpy as np
 
+from gaia2 import storage
 from pipelines.evaluation.measure import pack, unpack
 
 
@@ -29,14 +29,21 @@ def _hash_file(h, path: str, chunk: int = 1 << 20) -> None:
 
 def dataset_fingerprint(shards: str, split: str) -> str:
     """SHA-256 over the build's manifest, the split's index files (keys, sizes) and its shard files' names and
-    contents: a rebuilt or changed split gets a new fingerprint, a copy of the same build the same one."""
+    contents: a rebuilt or changed split gets a new fingerprint, a copy of the same build the same one, wherever
+    it is (``shards`` a local directory or an object-storage URI: every byte is read, as it is from a disk)."""
     h = hashlib.sha256(split.encode())
-    files = [os.path.join(shards, "manifest.parquet"), *sorted(glob.glob(os.path.join(shards, "index", f"{split}-*"))),
-             *sorted(glob.glob(os.path.join(shards, split, "*.tar")))]
-    for path in files:
-        if os.path.isfile(path):
-            h.update(os.path.relpath(path, shards).encode() + b"\0")
-            _hash_file(h, path)
+    index = [f"index/{n}" for n in storage.list_files(storage.join(shards, "index"), recursive=False)
+             if n.startswith(f"{split}-") and not n.endswith(storage.PARTIAL)]
+    tars = [f"{split}/{n}" for n in storage.list_files(storage.join(shards, split), recursive=False)
+            if n.endswith(".tar")]
+    for rel in ["manifest.parquet", *index, *tars]:   # sorted within each group, as listed
+        location = storage.join(shards, rel)
+        if rel == "manifest.parquet" and not storage.is_file(location):
+            continue
+        h.update(rel.encode() + b"\0")
+        with storage.open_input(location) as f:
+            while block := f.read(1 << 20):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -56,7 +63,8 @@ def path_digest(path: str) -> str:
 
 
 class FeatureCache:
-    """``<root>/<dataset fingerprint>/<measurement>-<its fingerprint>/<key>.npz``."""
+    """``<root>/<dataset fingerprint>/<measurement>-<its fingerprint>/<key>.npz``; ``root`` is a local directory
+    (entries are published by ``os.replace``, which concurrent evaluations sharing a disk rely on)."""
 
     def __init__(self, root: str, dataset: str, measurement: str, fingerprint: str) -> None:
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:20]

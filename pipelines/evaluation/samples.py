@@ -1,12 +1,13 @@
 """The two videos evaluation compares for one validation sample: the real one (pixel shards) and a generation.
 
-    index = ShardIndex("shards")                       # key -> tar, from the build's index/*.json
+    index = ShardIndex("shards")                       # key -> tar, from the build's index/*.json (or s3://...)
     real = real_video(index, "drive0-clip1-w0002")     # Video: frames (N, F, H, W, 3), the sample's json
     fake = generated_video("out/generations/model/drive0-clip1-w0002")
     frames, clips = frame_indices(F, 4), clip_indices(F, 16)
 
 Both are read the same way (each camera's mp4 decoded whole, at the size it was written), so the features of the
-two sides differ only by what is in them.
+two sides differ only by what is in them. Shards are read through ``gaia2.storage`` (a local directory or an
+object-storage URI); a generation folder is local (the jobs write their generations on a local disk).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tarfile
 from dataclasses import dataclass
 
 import numpy as np
+
+from gaia2 import storage
 
 
 class SampleError(ValueError):
@@ -34,46 +37,90 @@ class Video:
 
 
 class ShardIndex:
-    """Key -> tar file of a shard directory (pixel or latent shards), from its ``index/<split>-<shard>.json``."""
+    """Key -> tar of a shard directory (pixel or latent shards), from its ``index/<split>-<shard>.json``.
 
-    def __init__(self, root: str, split: str | None = None) -> None:
-        self.root = root
-        self.where: dict[str, str] = {}
-        for path in sorted(glob.glob(os.path.join(root, "index", "*.json"))):
-            name, _, shard = os.path.basename(path)[:-len(".json")].partition("-")
-            if split is not None and name != split:
-                continue
-            with open(path) as f:
-                for row in json.load(f).get("samples", []):
-                    self.where[str(row["key"])] = os.path.join(root, name, f"{shard}.tar")
+    ``root`` is a local directory or an object-storage URI (``gaia2.storage``). A tar's member table (each
+    member's offset and size) is read once, from the tar headers, the first time one of its samples is asked
+    for; a sample's members are then read by offset: a few ranged reads on object storage, not the whole tar.
+    """
+
+    def __init__(self, root: str, split: str | None = None, what: str = "shards") -> None:
+        """what: the noun its errors begin with (``shards``, ``latents``)."""
+        self.root, self.what = storage.absolute(root), what
+        self.where: dict[str, str] = {}      # key -> its tar (a path or URI)
+        self.split: dict[str, str] = {}      # key -> its split
+        self._tables: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}   # tar -> key -> member -> (offset, size)
+        where = storage.redact(self.root)
+        index_dir = storage.join(self.root, "index")
+        try:
+            names = [n for n in storage.list_files(index_dir, recursive=False) if n.endswith(".json")]
+            for name in names:
+                split_name, _, shard = name[:-len(".json")].partition("-")
+                if split is not None and split_name != split:
+                    continue
+                rows = json.loads(storage.read_bytes(storage.join(index_dir, name))).get("samples", [])
+                tar = storage.join(self.root, split_name, f"{shard}.tar")
+                for row in rows:
+                    self.where[str(row["key"])] = tar
+                    self.split[str(row["key"])] = split_name
+        except (OSError, ValueError) as err:   # StorageError, a refused request, an unreadable index
+            raise SampleError(f"{what} {where!r}: cannot be read ({storage.redact(str(err))})") from None
         if not self.where:
-            raise SampleError(f"shards {root!r}: no index/*.json with samples{f' of split {split!r}' if split else ''} "
-                              f"(expected a gaia2 shards build or encode-latents output)")
+            of = f" of split {split!r}" if split else ""
+            raise SampleError(f"{what} {where!r}: no index/*.json with samples{of} (expected a gaia2 shards build or "
+                              f"encode-latents output)")
 
     def keys(self) -> list[str]:
         return sorted(self.where)
 
-    def members(self, key: str, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
-        """``{member: bytes}`` of sample ``key`` (members named ``<key>.<member>``; all of them, or ``names``)."""
+    def _table(self, tar: str) -> dict[str, dict[str, tuple[int, int]]]:
+        if tar not in self._tables:
+            table: dict[str, dict[str, tuple[int, int]]] = {}
+            # Buffered: the headers come in 1 MiB reads, not one request per 512-byte header.
+            with storage.open_input(tar) as raw, io.BufferedReader(raw, 1 << 20) as f, \
+                    tarfile.open(fileobj=f) as t:
+                for info in t:
+                    if info.isfile():
+                        k, _, member = info.name.partition(".")
+                        table.setdefault(k, {})[member] = (info.offset_data, info.size)
+            self._tables[tar] = table
+        return self._tables[tar]
+
+    def members(self, key: str, names: tuple[str, ...] | None = None, limit: int | None = None) -> dict[str, bytes]:
+        """``{member: bytes}`` of sample ``key`` (members named ``<key>.<member>``; all of them, or ``names``);
+        ``limit``: only each member's first bytes (an ``.npy`` header)."""
         tar = self.where.get(key)
         if tar is None:
-            raise SampleError(f"sample {key!r}: not in the shards at {self.root!r}")
+            raise SampleError(f"sample {key!r}: not in the {self.what} at {storage.redact(self.root)!r}")
         out = {}
         try:
-            with tarfile.open(tar) as t:
-                for info in t:
-                    k, _, member = info.name.partition(".")
-                    if k == key and (names is None or member in names):
-                        out[member] = t.extractfile(info).read()
+            wanted = {m: at for m, at in self._table(tar).get(key, {}).items() if names is None or m in names}
+            with storage.open_input(tar) as f:
+                for member, (offset, size) in sorted(wanted.items(), key=lambda kv: kv[1]):
+                    size = size if limit is None else min(size, limit)
+                    f.seek(offset)
+                    out[member] = f.read(size)
+                    if len(out[member]) != size:
+                        raise tarfile.TarError(f"{key}.{member}: {len(out[member])} of {size} bytes")
         except (OSError, tarfile.TarError) as err:
-            raise SampleError(f"sample {key!r}: {tar}: {err}") from None
+            raise SampleError(f"sample {key!r}: {storage.redact(tar)}: {storage.redact(str(err))}") from None
         missing = [m for m in names or ("json",) if m not in out]
         if missing:
-            raise SampleError(f"sample {key!r}: {tar} has no member {', '.join(f'{key}.{m}' for m in missing)}")
+            raise SampleError(f"sample {key!r}: {storage.redact(tar)} has no member "
+                              f"{', '.join(f'{key}.{m}' for m in missing)}")
         return out
 
     def array(self, key: str, member: str) -> np.ndarray:
         return np.load(io.BytesIO(self.members(key, (member,))[member]), allow_pickle=False)
+
+
+def unreadable(location: str) -> str | None:
+    """Why ``location`` (a local path or an object-storage URI) cannot be a shard directory, or None: what a
+    config check says after the field's name."""
+    try:
+        return None if storage.is_dir(location) else f"{storage.redact(location)!r} is not a directory"
+    except OSError as err:   # a bad URI, an unknown bucket, a refused request
+        return f"{storage.redact(location)!r} cannot be read ({storage.redact(str(err))})"
 
 
 def decode_mp4(data: bytes, what: str) -> np.ndarray:
@@ -99,12 +146,12 @@ def real_video(index: ShardIndex, key: str) -> Video:
     """Sample ``key`` of pixel shards: every camera's frames and its json."""
     raw = index.members(key)
     if "json" not in raw:
-        raise SampleError(f"sample {key!r}: no {key}.json in {index.where.get(key)}")
+        raise SampleError(f"sample {key!r}: no {key}.json in {storage.redact(index.where.get(key, ''))}")
     meta = json.loads(raw["json"])
     cameras = meta.get("cameras") or []
     missing = [c["name"] for c in cameras if f"{c['name']}.mp4" not in raw]
     if not cameras or missing:
-        raise SampleError(f"sample {key!r}: {index.where[key]} lacks the videos of cameras "
+        raise SampleError(f"sample {key!r}: {storage.redact(index.where[key])} lacks the videos of cameras "
                           f"{missing or '(none listed in its json)'} (is it a pixel shard build, not latents?)")
     frames = _stack([decode_mp4(raw[f"{c['name']}.mp4"], f"sample {key!r} camera {c['name']}") for c in cameras],
                     f"sample {key!r}")
