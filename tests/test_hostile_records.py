@@ -456,16 +456,6 @@ def _build_config(clip_model):
         "embedding": {"clip_path": clip_model}})
 
 
-def _build_dedupes() -> bool:
-    # Duplicate ids need the driver's dedupe_clip_ids call in build_shards (the shard build's owner adds it);
-    # until then a build with a duplicated id cannot reconcile, so the build examples leave that mutation out.
-    import inspect
-
-    from pipelines.shards import build
-
-    return "dedupe_clip_ids" in inspect.getsource(build)
-
-
 GOOD = 2      # untouched clips of a build
 MUTATED = 3   # mutated copies beside them
 
@@ -488,7 +478,7 @@ def test_builds_complete_reject_every_mutated_clip_and_write_every_untouched_one
         clip_dir = os.path.join(source, name)
         shutil.copytree(ref.base_dir, clip_dir)
         rec = dict(copy.deepcopy(record), clip_id=name)
-        if _build_dedupes() and data.draw(st.booleans(), label="duplicate id"):
+        if data.draw(st.booleans(), label="duplicate id"):
             rec["clip_id"], kind, token, reasons = good[k % GOOD][1]["clip_id"], "duplicate", "clip_id", {
                 Reason.DUPLICATE_CLIP_ID.value}
         else:

@@ -41,11 +41,12 @@ from gaia2.curation.geofence import Geofences
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
 from pipelines.rejects import Reject, reject_row, rejects_table
+from pipelines.retry import actor_retry_args, task_retry_args
 from pipelines.shards.decode import decode_batch
 from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
 from pipelines.shards.encode import encode_batch, pack_batch
-from pipelines.shards.ingest import ingest_batch
+from pipelines.shards.ingest import dedupe_clip_ids, ingest_batch
 from pipelines.shards.output import (BUILD_FILE, OutputConflict, OutputLock, OutputLocked, fingerprint, prepare,
                                      write_build_record)
 from pipelines.shards.plan import Plan, make_plan
@@ -77,7 +78,7 @@ def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
     items = [{**asdict(ref), "record": ref.record or ""} for ref in refs]
     ds = ray.data.from_items(items).map_batches(
         ingest_batch, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
-        num_cpus=cfg.resources.ingest_cpus)
+        num_cpus=cfg.resources.ingest_cpus, **task_retry_args(cfg.retry))
     return ds.take_all()
 
 
@@ -101,21 +102,24 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     ds = ray.data.from_items([{c: r[c] for c in cols} for r in todo])
-    task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus}
+    # A worker lost mid-task (node gone, OOM-killed) is retried by Ray, a bounded number of times; errors
+    # inside a stage are retried or rejected row by row (pipelines/retry.py).
+    task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus, **task_retry_args(cfg.retry)}
     detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_agents": det.max_agents,
                    "score_threshold": det.score_threshold}
     if det.kind == "ground_truth":   # no model: decode, annotate and encode in one function
         ds = ds.map_batches(window_batch, fn_kwargs={"config_json": config_json, "detect_args": detect_args}, **task)
     else:                            # the detector network is an actor pool (loaded once, GPUs if asked)
         ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, **task)
-        ds = ds.map_batches(DetectAgents, fn_constructor_kwargs=detect_args, batch_size=det.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=det.concurrency),
-                            num_cpus=det.num_cpus, num_gpus=det.num_gpus)
+        ds = ds.map_batches(DetectAgents, fn_constructor_kwargs={**detect_args, "retry": cfg.retry},
+                            batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
+                            num_cpus=det.num_cpus, num_gpus=det.num_gpus, **actor_retry_args(cfg.retry))
         ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, **task)
     ds = ds.map_batches(
-        EmbedClip, fn_constructor_kwargs={"path": emb.clip_path}, batch_size=emb.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus)
-    pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus}
+        EmbedClip, fn_constructor_kwargs={"path": emb.clip_path, "retry": cfg.retry}, batch_size=emb.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus,
+        **actor_retry_args(cfg.retry))
+    pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus, **task_retry_args(cfg.retry)}
     ds = ds.map_batches(pack_batch, fn_kwargs={"config_json": config_json}, **pack)
     ds = ds.map_batches(stage_batch, fn_kwargs={"out_dir": out_dir}, **pack)
     staged = ds.take_all()
@@ -131,7 +135,7 @@ def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str)
     for r in plan.selected:
         if r["shard"] in rows:
             rows[r["shard"]].append({f: r[f] for f in SAMPLE_FIELDS})
-    task = ray.remote(num_cpus=cfg.resources.pack_cpus)(assemble_shard)
+    task = ray.remote(num_cpus=cfg.resources.pack_cpus, **task_retry_args(cfg.retry))(assemble_shard)
     ray.get([task.remote(out_dir, s, rows[s]) for s in shards])
 
 
@@ -190,6 +194,7 @@ def _build(source: str, refs: list[ClipRef], geofences: Geofences, out_dir: str,
         mark = now
 
     rows = run_ingest(refs, cfg)   # reads only: the output is untouched until the fingerprint is checked
+    rows, _ = dedupe_clip_ids(rows, [ref.location for ref in refs])   # one id, one clip: later ones are rejects
     lap("ingest_s")
     fp = fingerprint(cfg, refs, rows, source, geofences)
     resuming = prepare(out_dir, cfg, fp, geofences)

@@ -3,9 +3,10 @@
 Lock: ``<out>/_lock.json`` holds its owner (host, process, a random token), when it was taken and a
 heartbeat the holder refreshes every ``lock.heartbeat_s``. A second build is refused with the owner named;
 a lock whose heartbeat is older than ``lock.stale_s`` (its holder died) is taken over, and said so. On a
-local disk the lock file is created exclusively (``O_EXCL``); object storage has no such primitive through
+local disk the lock file is created exclusively (a hard link); object storage has no such primitive through
 ``pyarrow.fs``, so the taker writes its lock, waits, and reads it back: of two builds starting within that
-moment the one whose write landed last proceeds and the other is refused. The heartbeat re-reads the lock
+moment the one whose write landed last proceeds and the other is refused. (Locally the lock appears whole,
+by a hard link that fails if the name is taken.) The heartbeat re-reads the lock
 before it refreshes it: a holder that finds another owner there stops the build before publishing.
 
 Fingerprint: what determines the bytes of the shards, and nothing else. The config fields that shape
@@ -74,8 +75,9 @@ class OutputLock:
             return json.loads(storage.read_bytes(self.path))
         except FileNotFoundError:
             return None
-        except ValueError:   # a lock torn by a crash mid-write on a filesystem without atomic rename
-            return {"owner": "?", "heartbeat": 0.0}
+        except ValueError:   # torn by a crash mid-write: held as of its file's time, so it goes stale in time
+            stat = storage.stat(self.path)
+            return {"owner": "? (unreadable lock file)", "heartbeat": stat[1] / 1e9 if stat else 0.0}
 
     def _refuse(self, held: dict) -> None:
         age = time.time() - float(held.get("heartbeat", 0))
@@ -99,12 +101,15 @@ class OutputLock:
             time.sleep(self.settle_s)   # a competitor's write in this moment wins; we then see its owner
         else:
             storage.makedirs(self.out_dir)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            tmp = f"{self.path}.{uuid.uuid4().hex[:12]}{storage.PARTIAL}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:   # a hard link appears whole and only if the name is free: create-if-absent with content
+                os.link(tmp, self.path)
             except FileExistsError:
                 self._refuse(self._read() or {})
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.remove(tmp)
         held = self._read()
         if held is None or held.get("owner") != self.owner:
             self._refuse(held or {})
