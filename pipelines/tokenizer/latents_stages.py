@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from gaia2 import storage
 from gaia2.config.shards import RetryConfig
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
@@ -240,7 +241,7 @@ def scan_latent_shard(path: str) -> dict:
     moments = ChannelMoments()
     keys, measured = set(), set()
     try:
-        with tarfile.open(path) as tar:
+        with storage.open_input(path) as f, tarfile.open(fileobj=f) as tar:   # a path or a URI
             for info in tar:
                 if not info.isfile():
                     continue
