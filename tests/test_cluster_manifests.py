@@ -156,7 +156,7 @@ def test_tokenizer_config_validates_and_fills_the_gpu_pods():
     job, args = _job_args("rayjob-train-tokenizer.yaml")
     cfg = job.config(args)   # preset -> the mounted file -> the entrypoint's flags
     assert cfg.preset == "paper" and cfg.loss.dino_path == "/models/dinov2-large"
-    assert cfg.data.shards == "/mnt/data/shards" and cfg.workers.use_gpu
+    assert cfg.data.shards == "s3://gaia2-data/shards/v1" and cfg.workers.use_gpu
     manifest = _load("rayjob-train-tokenizer.yaml")
     assert _gpus(manifest) == cfg.workers.num_workers   # one worker per GPU, none idle
     for group in manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
@@ -169,9 +169,16 @@ def test_tokenizer_config_validates_and_fills_the_gpu_pods():
     assert shards["window"]["frames"] >= cfg.model.frames
 
 
-def test_evaluate_config_validates_and_fits_its_gpus(tmp_path):
+def test_evaluate_config_validates_and_fits_its_gpus(tmp_path, s3_server):
     """The evaluation job's arguments build the paper protocol (every metric, n = 1024, a promotion by FDD) once its
-    mounted paths exist, and its generator and measuring actor pools each fit the cluster's GPUs."""
+    mounted paths and its object-storage inputs exist, and its generator and measuring actor pools each fit the
+    cluster's GPUs."""
+    from gaia2 import storage
+
+    s3_server.bucket("gaia2-data")
+    for prefix in ("shards/v1", "latents/v1"):   # on the session's S3 server: the config checks they are there
+        if not storage.list_files(f"s3://gaia2-data/{prefix}"):
+            storage.write_text(f"s3://gaia2-data/{prefix}/manifest.parquet", "placeholder")
     job, args = _job_args("rayjob-evaluate.yaml")
     root = tmp_path / "mnt"
     mapped = {}
