@@ -158,15 +158,18 @@ def reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-_MLFLOW_HTTP = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+_MLFLOW_HTTP = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
 
 
 @contextmanager
 def _one_request(cfg: TrackingConfig) -> Iterator[None]:
-    """MLflow's own retries off (its default backs off for minutes per call) and the configured timeout, for the
-    calls inside; MLflow reads both variables at each request."""
+    """For the calls inside: MLflow's own retries off (its default backs off for minutes per call), the configured
+    timeout, and no "View run at <tracking URI>" line when a run ends (it prints the URI credentials and all).
+    MLflow reads these variables at each request."""
     saved = {k: os.environ.get(k) for k in _MLFLOW_HTTP}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.timeout_s)})
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.timeout_s),
+                       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
     try:
         yield
     finally:
@@ -254,7 +257,8 @@ def _end_run(client: Any, run_id: str, status: str, uri: str, cfg: TrackingConfi
     import mlflow
 
     try:
-        mlflow.end_run(status)   # pops the active run, then marks it
+        with _one_request(cfg):
+            mlflow.end_run(status)   # pops the active run, then marks it
     except Exception as err:
         try:
             if not transient(err):
