@@ -90,7 +90,7 @@ def run(cfg: BuildShardsConfig):
 
     from gaia2 import storage
     from jobs.runtime import init_ray
-    from jobs.tracking import log_config, output_run
+    from jobs.tracking import log_config, log_params, output_run
     from pipelines.shards.build import BuildFailed, build_shards
 
     source, out, workdir = cfg.job.source, storage.absolute(cfg.job.out), cfg.job.workdir
@@ -99,7 +99,7 @@ def run(cfg: BuildShardsConfig):
     with output_run(EXPERIMENT, workdir, out) as (active, new):
         if new:
             log_config(build.model_dump())
-            mlflow.log_params({"source": storage.redact(source), "out": storage.redact(out)})
+            log_params({"source": source, "out": out})   # redacted, retried
         try:
             result, failed = build_shards(source, out, build), None
         except BuildFailed as err:

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from pydantic import Field
 
+from gaia2 import storage
 from gaia2.config.base import ConfigError, StrictModel, build_config
 from gaia2.flow.stats import STATS_FILE, LatentStatsError
 from jobs.options import Alias, Command
@@ -107,7 +108,6 @@ def log_output_file(out_dir: str, name: str, artifact_path: str) -> None:
 
     import mlflow
 
-    from gaia2 import storage
 
     if not storage.is_uri(out_dir):
         mlflow.log_artifact(os.path.join(out_dir, name), artifact_path=artifact_path)
@@ -123,7 +123,6 @@ def run(cfg: EncodeLatentsConfig):
     The result's ``stats_version`` says which registered version the latent statistics were recorded on."""
     import mlflow
 
-    from gaia2 import storage
     from jobs.registry import record_latent_stats
     from jobs.runtime import init_ray
     from jobs.tracking import log_config, output_run
@@ -176,7 +175,6 @@ def stats_line(stats, out_dir: str, version: str | None, tokenizer: str | None =
                  f"models:/NAME/VERSION): the stats are stored with the latent shards only")
     else:
         where = "; no --tokenizer given: the stats are stored with the latent shards only"
-    from gaia2 import storage
 
     return f"{stats.summary()}; {stats.source} -> {storage.redact(storage.join(out_dir, STATS_FILE))}{where}"
 
@@ -184,7 +182,7 @@ def stats_line(stats, out_dir: str, version: str | None, tokenizer: str | None =
 def summary(result, run_id: str, workdir: str) -> str:
     from jobs.tracking import tracking_uri
 
-    rep, out = result.report, result.out_dir
+    rep, out = result.report, storage.redact(result.out_dir)
     c = rep["counts"]
     shapes = ", ".join(f"{shape} ({n})" for shape, n in rep["latent_shapes"].items())
     return "\n".join([
@@ -196,7 +194,7 @@ def summary(result, run_id: str, workdir: str) -> str:
         f"(rejects: {out}/rejects.parquet); {c['processed_this_run']} processed in {rep['seconds']:.1f} s",
         f"stats:    {stats_line(result.stats, out, result.stats_version, rep['tokenizer']['path'])}",
         f"report:   {out}/latents.json   manifest: {out}/manifest.parquet",
-        f"mlflow:   run {run_id} in experiment '{EXPERIMENT}' at {tracking_uri(workdir)}",
+        f"mlflow:   run {run_id} in experiment '{EXPERIMENT}' at {storage.redact(tracking_uri(workdir))}",
     ])
 
 

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from gaia2 import storage
 from jobs.evaluate import EXPERIMENT, HIGHER_IS_BETTER, LOWER_IS_BETTER, REPORT_FILE
 from pipelines.evaluation.cache import select
 
@@ -128,7 +129,7 @@ def track(report: dict, cfg, out: str, holder, run_file_in: str | None = None) -
     job = cfg.job
     with output_run(EXPERIMENT, job.workdir, run_file_in or out) as (active, new):
         run_id = active.info.run_id
-        report.update(run_id=run_id, tracking_uri=tracking_uri(job.workdir))
+        report.update(run_id=run_id, tracking_uri=storage.redact(tracking_uri(job.workdir)))
         if new:
             log_config(cfg.model_dump())
         mlflow.set_tags({"gaia2.eval.protocol": report["protocol"], "gaia2.eval.mode": job.mode,

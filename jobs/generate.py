@@ -415,7 +415,7 @@ def run_batch(cfg: GenerateConfig) -> dict:
 
     from jobs.generate_batch import clear_partial, is_done, reject_row, rejects_table
     from jobs.runtime import init_ray
-    from jobs.tracking import log_config, output_run, tracking_uri
+    from jobs.tracking import log_config, log_params, output_run, tracking_uri
 
     started = time.perf_counter()
     job = cfg.job
@@ -439,7 +439,7 @@ def run_batch(cfg: GenerateConfig) -> dict:
         report = {"status": "running", "models": refs, "run_id": run_id}
         _write_json(os.path.join(out, REPORT_FILE), report)
         if new:
-            mlflow.log_params({k: v for k, v in refs.items() if v is not None})
+            log_params({k: v for k, v in refs.items() if v is not None})   # redacted, retried
             log_config({**cfg.model_dump(exclude={"job"}),
                         "job": {k: v for k, v in job.model_dump().items() if v is not None and k not in refs}})
         clear_partial(out)
@@ -466,7 +466,7 @@ def run_batch(cfg: GenerateConfig) -> dict:
         artifacts = _log_generations(run_id, out, generated, generated + skipped, job.artifact_videos)
         report = {"status": "done", "counts": counts, "reasons": reasons, "generated": generated, "skipped": skipped,
                   "rejected": sorted({r["name"] for r in rejects}), "models": refs, "run_id": run_id,
-                  "tracking_uri": tracking_uri(job.workdir), "artifact_videos": artifacts, "seconds": seconds,
+                  "tracking_uri": storage.redact(tracking_uri(job.workdir)), "artifact_videos": artifacts, "seconds": seconds,
                   "out": out}
         _write_json(os.path.join(out, REPORT_FILE), report)
         mlflow.log_metrics({**counts, "seconds": seconds, **{f"rejected.{k}": v for k, v in reasons.items()}})

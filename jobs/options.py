@@ -119,9 +119,11 @@ class Command:
         """The error contract of every job: bad configuration or input prints ``error: ...`` (no traceback)
         and returns 2; a training failure past its retries returns 1 and says how to resume; anything else
         is a bug and raises."""
+        from jobs.tracking import TrackingError   # the tracking server gone, a resumed job's run gone
+
         try:
             text = self.work(self.config(args))
-        except (ConfigError, *self.input_errors) as err:
+        except (ConfigError, TrackingError, *self.input_errors) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except Exception as err:
