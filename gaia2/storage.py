@@ -110,9 +110,26 @@ def child(root: str, relative: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _filesystem(base_with_query: str) -> tuple[pafs.FileSystem, str]:
     try:
+        if base_with_query.startswith("gs://") and "anonymous=true" in base_with_query:
+            return _anonymous_gcs(base_with_query)
         return pafs.FileSystem.from_uri(base_with_query)
     except (ValueError, OSError) as err:   # pyarrow's ArrowInvalid is a ValueError
         raise StorageError(f"{redact(base_with_query)}: not a usable location ({err})") from None
+
+
+def _anonymous_gcs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``gs://bucket?anonymous=true[&scheme=http&endpoint_override=host:port]``: a public bucket (or an emulator)
+    without credentials, which pyarrow's URI form cannot say."""
+    from urllib.parse import parse_qsl
+
+    base, _, query = uri.partition("?")
+    options = dict(parse_qsl(query))
+    unknown = sorted(set(options) - {"anonymous", "scheme", "endpoint_override"})
+    if unknown:
+        raise ValueError(f"unexpected query parameter(s) {unknown} with anonymous=true")
+    fs = pafs.GcsFileSystem(anonymous=True, scheme=options.get("scheme", "https"),
+                            endpoint_override=options.get("endpoint_override"))
+    return fs, base.removeprefix("gs://").strip("/")
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -162,7 +179,7 @@ def read_bytes(location: str) -> bytes:
     """The whole file; ``FileNotFoundError`` if there is none."""
     fs, path = resolve(location)
     try:
-        with fs.open_input_file(path) as f:
+        with fs.open_input_stream(path) as f:   # one sequential read (one GET on object storage)
             return f.read()
     except FileNotFoundError:
         raise
