@@ -10,9 +10,11 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def s3_server():
-    """A real S3 API (moto server) on localhost for the session; see tests/s3_helpers.py."""
+    """A real S3 API (moto server) on localhost for the session; see tests/s3_helpers.py. Started first (autouse),
+    so that every Ray the session starts, by the ``ray_session`` fixture or by a job itself, inherits its
+    endpoint and credentials."""
     from tests import s3_helpers
 
     server, process = s3_helpers.start()

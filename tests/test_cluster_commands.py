@@ -83,7 +83,12 @@ def built(ray_session, data_bucket, workdir, clip_model, tmp_path_factory, s3_se
         "split": {"geofences": None}, "shards": {"target_mb": 0.5}})
     command, argv = _argv("rayjob-build-shards.yaml", {"paper": "tiny", "/mnt/config/shards.yaml": config}, [])
     assert "s3://gaia2-data/clips/manifest.parquet" in argv and "s3://gaia2-data/shards/v1" in argv
-    assert command.main(argv) == 0
+    code = command.main(argv)
+    if code != 0 and storage.exists("s3://gaia2-data/shards/v1/rejects.parquet"):
+        with storage.open_input("s3://gaia2-data/shards/v1/rejects.parquet") as f:
+            rejects = pq.read_table(f).to_pylist()
+        pytest.fail(f"the build failed; its first rejects: {[(r['reason'], r['detail']) for r in rejects[:3]]}")
+    assert code == 0
     return "s3://gaia2-data/shards/v1"
 
 
