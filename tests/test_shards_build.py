@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -269,17 +271,28 @@ def test_staged_rejects_become_index_reject_rows(tmp_path):
 
 
 def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
+    from gaia2.schema.sample import tar_archive
+    from pipelines.shards.encode import PLAN_COLUMNS
     from pipelines.shards.ingest import IngestClips
     from pipelines.shards.sources import list_clips
     from pipelines.shards.window import window_batch
 
     cfg = load_shard_config("tiny", overrides=OVERRIDES)
     good = IngestClips(cfg.model_dump_json()).ingest(list_clips(synth_clips)[:1])[0]
-    rows = [good, {**good, "key": good["key"] + "x", "window": 99}]   # its slice of the clip has one window
-    batch = {c: np.asarray([r[c] for r in rows], dtype=object) for c in ("key", "window", "clip_json")}
+    plan = {"shard": "train/shard-000000", "split": "train", "weight": 1.0, "cell": "x"}
+    rows = [{**good, **plan}, {**good, **plan, "key": good["key"] + "x", "window": 99}]   # its slice has one window
+    batch = {c: np.asarray([r[c] for r in rows], dtype=object) for c in (*PLAN_COLUMNS, "clip_json", "track_json")}
     detect = {"kind": "ground_truth", "checkpoint": None, "max_agents": 8, "score_threshold": 0.3}
     out = window_batch(batch, cfg.model_dump_json(), detect)
     ok, bad = batch_rejects(out, 2)
-    assert ok is None and out["videos"][0] and out["boxes"][0].shape[2:] == (8, 13)
     assert (bad.stage, bad.reason) == ("decode", Reason.DECODE_FAILED.value) and bad.detail.startswith("IndexError: ")
-    assert out["videos"][1] == b"" and out["boxes"][1].shape == (0, 0, 8, 13)
+    # Past the window task: the plan, the sample's members but the CLIP one, and the middle frames only.
+    assert set(out) == {*PLAN_COLUMNS, "members", "frames", *REJECT_COLUMNS}
+    cameras = [c["name"] for c in json.loads(good["clip_json"])["cameras"]]
+    with tarfile.open(fileobj=io.BytesIO(tar_archive([out["members"][0]]))) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert ok is None and list(members) == [f"{good['key']}.{s}" for s in (
+        "json", *(f"{c}.mp4" for c in cameras), "boxes.npy", "boxes_valid.npy")]
+    assert np.load(io.BytesIO(members[f"{good['key']}.boxes.npy"])).shape[2:] == (8, 13)
+    assert out["frames"][0].shape[:2] == (len(cameras), 1)
+    assert out["members"][1] == b"" and out["frames"][1].size == 0

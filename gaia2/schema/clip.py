@@ -36,6 +36,7 @@ import os
 import re
 import reprlib
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -161,8 +162,12 @@ def _integer(value: Any, where: str) -> int:
     return int(x)
 
 
-def _has_bool(values: Any) -> bool:
-    return any(type(x) is bool or (isinstance(x, (list, tuple)) and _has_bool(x)) for x in values)
+def _has_bool(values: Any, depth: int) -> bool:
+    """Whether a rectangular nest of lists ``depth`` deep holds a boolean (flattened in C: records hold
+    thousands of box values)."""
+    for _ in range(depth - 1):
+        values = chain.from_iterable(values)
+    return bool in set(map(type, values))
 
 
 def _array(value: Any, where: str, shape: tuple[int | None, ...] = (None,), max_len: int | None = None,
@@ -187,7 +192,7 @@ def _array(value: Any, where: str, shape: tuple[int | None, ...] = (None,), max_
         raise ClipError(reason, f"{where}: expected shape {want}, got {arr.shape}")
     # kind 'b' (all booleans), 'U' (strings), 'O' (nulls, objects, integers too large for int64) are refused;
     # booleans mixed with numbers become numbers in numpy, so they are looked for.
-    if arr.dtype.kind not in "iuf" or _has_bool(value):
+    if arr.dtype.kind not in "iuf" or _has_bool(value, arr.ndim):
         raise ClipError(reason, f"{where}: expected numbers only, got {_show(value)}")
     arr = arr.astype(np.float64)
     if not integer:

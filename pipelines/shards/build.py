@@ -120,7 +120,7 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
         compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus,
         **actor_retry_args(cfg.retry))
     pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus, **task_retry_args(cfg.retry)}
-    ds = ds.map_batches(pack_batch, fn_kwargs={"config_json": config_json}, **pack)
+    ds = ds.map_batches(pack_batch, **pack)
     ds = ds.map_batches(stage_batch, fn_kwargs={"out_dir": out_dir}, **pack)
     staged = ds.take_all()
     if os.environ.get("GAIA2_DATA_STATS"):   # Ray Data's per-operator timings, for tuning

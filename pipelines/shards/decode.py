@@ -17,7 +17,7 @@ from gaia2.schema.clip import Clip
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.storage import redact
 from pipelines.rejects import batch_rejects, map_rows, reject_columns
-from pipelines.shards.common import object_column
+from pipelines.shards.common import object_column, parse_clip
 
 
 def shard_calibration(clip: Clip, out_wh: tuple[int, int]) -> tuple[list[dict], list[tuple]]:
@@ -44,7 +44,7 @@ class DecodeWindows:
     def decode(self, clip_json: str, index: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
         from gaia2.video.decode import decode_frames
 
-        clip = Clip.from_dict(json.loads(clip_json))
+        clip = parse_clip(clip_json)
         w = self.cfg.window
         window = cut_windows(clip, w.frames, w.hop, w.grid_hz)[index]
         out_wh = (self.cfg.image.width, self.cfg.image.height)

@@ -23,7 +23,7 @@ from gaia2.schema.clip import Clip
 from gaia2.schema.errors import Reason
 from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.retry import retrying, retrying_batched
-from pipelines.shards.common import object_column
+from pipelines.shards.common import object_column, parse_clip
 
 _CAMERA_KEYS = ("name", "width", "height", "intrinsics", "extrinsics", "distortion")
 
@@ -89,7 +89,7 @@ class DetectAgents:
                    clip_json: str) -> tuple[np.ndarray, np.ndarray]:
         cameras = cameras_from_json(cameras_json)
         # Only ground truth reads the clip record; a network detector skips the parse.
-        clip = Clip.from_dict(json.loads(clip_json)) if self.detector.requires_clip else None
+        clip = parse_clip(clip_json) if self.detector.requires_clip else None
         ts = np.asarray(timestamps, dtype=np.float64)
         boxes = self.detect(np.asarray(frames), cameras, ts, clip)
         return agent_features(boxes, cameras, self.max_agents)
