@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyarrow.parquet as pq  # noqa: E402
 
 from gaia2.config.shards import ShardBuildConfig, load_shard_config  # noqa: E402
+from jobs.runtime import LOCAL_SYSTEM_CONFIG  # noqa: E402
 
 
 def transcode_window(args: tuple[str, int, str]) -> int:
@@ -140,11 +141,8 @@ def main() -> None:
             records[n][clip.clip_id] = dumps(clip.to_dict())
     clip_path = save_random_clip(os.path.join(work, "clip-random"))
     cfg = load_shard_config("tiny", overrides={"embedding": {"clip_path": clip_path}, "seed": args.seed})
-    # Ray keeps about num_cpus idle workers and kills the others after a second idle: on 2 cores, beside the
-    # CLIP actor and Ray Data's own actors, task workers idle between batches were killed and restarted many
-    # times a build (~2 s of CPU each: python, ray, ray.data). Kept for a minute, they are reused instead.
-    ray.init(include_dashboard=False, logging_level="warning",
-             _system_config={"idle_worker_killing_time_threshold_ms": 60_000})
+    # Idle task workers kept for a minute, as the jobs' own local Ray does (jobs/runtime.py).
+    ray.init(include_dashboard=False, logging_level="warning", _system_config=LOCAL_SYSTEM_CONFIG)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     pipeline_s: dict[int, list[float]] = {n: [] for n in sizes}

@@ -26,9 +26,12 @@ def s3_server():
 def ray_session(s3_server):
     import ray
 
+    from jobs.runtime import LOCAL_SYSTEM_CONFIG
+
     if not ray.is_initialized():
         # Two logical CPUs, like the machine: Train tests keep to one worker, leaving one for Data.
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", configure_logging=True)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", configure_logging=True,
+                 _system_config=LOCAL_SYSTEM_CONFIG)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
