@@ -54,7 +54,7 @@ def transcode_window(args: tuple[str, int, str]) -> int:
     clip_json, index, config_json = args
     from gaia2.curation.windows import cut_windows
     from gaia2.schema.clip import Clip
-    from gaia2.video.decode import decode_frames
+    from gaia2.video.camera_io import decode_camera
     from gaia2.video.encode import VideoCodec, encode_video
     from pipelines.shards.decode import shard_calibration
 
@@ -67,7 +67,7 @@ def transcode_window(args: tuple[str, int, str]) -> int:
     codec = VideoCodec.from_config(cfg.codec)
     size = 0
     for cam, (scaled, crop), idx in zip(clip.cameras, geometry, window.frame_indices):
-        frames = decode_frames(cam.video, cam.name, idx, scaled, crop, out_wh)
+        frames = decode_camera(cam, idx, scaled, crop, out_wh, cfg.ingest.tolerance.resolution_px)
         size += len(encode_video(frames, fps, codec))
     return size
 

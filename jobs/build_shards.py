@@ -24,8 +24,9 @@ EXPERIMENT = "shards"
 
 
 class BuildJob(StrictModel):
-    source: str | None = Field(None, description="clip directory (<root>/<clip_id>/clip.json) or .parquet manifest; "
-                                                 "a local path or an s3:// / gs:// URI")
+    source: str | None = Field(None, description="clip directory (<root>/<clip_id>/clip.json), .parquet manifest "
+                                                 "(a local path or an s3:// / gs:// URI), or a nuScenes dataset "
+                                                 "(nuscenes:///<root>?version=v1.0-trainval, nuscenes+s3://...)")
     out: str | None = Field(None, description="output directory for shards, manifest, rejects, report; a local "
                                               "path or an s3:// / gs:// URI")
     workdir: str = Field(default_factory=lambda: os.environ.get("GAIA2_WORKDIR", "gaia2-work"),
@@ -157,7 +158,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 COMMAND = Command(
     prog="python -m jobs.build_shards", description=__doc__.splitlines()[0],
-    aliases=(Alias("--source", "job.source", "clip directory or .parquet manifest"),
+    aliases=(Alias("--source", "job.source", "clip directory, .parquet manifest or nuscenes:///<root>?version=..."),
              Alias("--out", "job.out", "output directory"),
              Alias("--workdir", "job.workdir", "local MLflow database and artifacts"),
              Alias("--seed", "seed", "selection seed (balancing draws)", int),

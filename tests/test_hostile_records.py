@@ -95,7 +95,7 @@ def _catalogue(rec: dict) -> dict[str, list[tuple]]:
                   + [("ego", k) for k in sorted(EGO_KEYS)] + [("gps", k) for k in sorted(GPS_KEYS)] + box_arrays,
         "objects": [("ego",), ("gps",)] + cams + ([("boxes",)] if boxes else []),
         "required": [(k,) for k in ("clip_id", "drive_id", "rig_id", "start_time_s", "cameras", "ego", "gps")]
-                    + [c + (k,) for c in cams for k in sorted(CAMERA_KEYS)]
+                    + [c + (k,) for c in cams for k in sorted(CAMERA_KEYS - {"frames"})]   # video's alternative
                     + [("ego", k) for k in sorted(EGO_KEYS)] + [("gps", k) for k in sorted(GPS_KEYS)]
                     + ([("boxes", k) for k in sorted(BOX_KEYS)] if boxes else []),
         "cams": cams,

@@ -94,12 +94,15 @@ class IngestConfig(StrictModel):
         "container", description="how far ingest decodes each video: container = open it, check its box "
                                  "structure, frame count, rate and the first frame's size (catches empty, "
                                  "unreadable, truncated, short and mis-sized files); last_frame/all_frames also "
-                                 "decode later frames (corrupt streams)")
+                                 "decode later frames (corrupt streams). An image-sequence camera: container = "
+                                 "every image there and not empty, the first decoded and its size checked; "
+                                 "last_frame/all_frames decode the last / every image too")
     batch_size: int = Field(4, ge=1, description="clips per ingest task")
     allow_absolute_videos: bool = Field(
-        False, description="accept absolute paths and URIs as camera videos; otherwise a video must be a path "
-                           "inside its clip's directory (the manifest's for a Parquet source), and one that is "
-                           "absolute or climbs out with '..' is rejected (video_path_outside_source)")
+        False, description="accept absolute paths and URIs as camera videos and images; otherwise each must be "
+                           "a path inside its clip's directory (the manifest's for a Parquet source, the dataset "
+                           "root for nuScenes), and one that is absolute or climbs out with '..' is rejected "
+                           "(video_path_outside_source)")
     extra_keys: Literal["reject", "ignore"] = Field(
         "reject", description="unknown keys in a clip record (a typo such as 'boxs' would silently drop data): "
                               "reject the clip (invalid_record, naming them) or ignore them; null-valued keys "
@@ -150,7 +153,23 @@ class BalanceConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    geofences: str | None = Field(None, description="GeoJSON of validation geofences; null = the packaged default")
+    """Which windows are validation: those whose GPS track touches a geofence (the paper's way, default), or
+    those of the clips a dataset's official list names (``kind: official``, e.g. nuScenes' val scenes, so
+    that validation figures are the ones every paper reports on)."""
+    kind: Literal["geofence", "official"] = "geofence"
+    geofences: str | None = Field(None, description="kind geofence: GeoJSON of validation geofences; null = the "
+                                                    "packaged default")
+    lists: str | None = Field(None, description="kind official: a packaged list (nuscenes-v1.0-trainval, "
+                                                "nuscenes-v1.0-mini) or a JSON file {\"train\": [clip ids], "
+                                                "\"val\": [clip ids]}; null = the nuscenes:// source's own "
+                                                "version. A clip in neither list is not selected "
+                                                "(not_selected_split)")
+
+    @model_validator(mode="after")
+    def _lists(self) -> "SplitConfig":
+        if self.kind == "geofence" and self.lists is not None:
+            raise ValueError("split.lists: only with split.kind official")
+        return self
 
 
 class ShardWriterConfig(StrictModel):

@@ -31,6 +31,9 @@ class Detector3D(ABC):
     # Whether ``detect`` needs the source ``Clip`` (ground truth does, a network does not), so a
     # pipeline stage can skip parsing the clip record for detectors that ignore it.
     requires_clip: bool = False
+    # Whether boxes can be had at any time (labels, not pixels): then a pipeline asks for each camera's boxes at
+    # its own frames' times, since the cameras of a rig are not synchronous.
+    any_time: bool = False
 
     @abstractmethod
     def detect(self, frames: np.ndarray, cameras: list[CameraModel], timestamps: np.ndarray,

@@ -22,6 +22,7 @@ class GroundTruthDetector(Detector3D):
     """
 
     requires_clip = True
+    any_time = True
 
     def __init__(self, max_gap_s: float | None = 1.0):
         if max_gap_s is not None and not max_gap_s >= 0:

@@ -13,16 +13,19 @@ Conventions (fixed by the contract):
 JSON form (``clip.json``; also the Parquet manifest row, nested):
     {"schema_version": 1, "clip_id", "drive_id", "rig_id", "start_time_s",
      "cameras": [{"name", "frame_rate", "timestamps", "width", "height",
-                  "intrinsics", "extrinsics", "distortion", "video"}],
+                  "intrinsics", "extrinsics", "distortion", "video" | "frames"}],
      "ego": {"timestamps", "speed", "curvature"},
      "gps": {"timestamps", "latitude", "longitude"},
      "metadata": {name: value},
      "boxes": {"timestamps", "frame_index", "center", "size", "yaw", "category"} | null}
 
+A camera is a video file (``"video": "front.mp4"``) or an image per timestamp (``"frames": ["front/0.jpg",
+...]``, JPEG or PNG, in the order of ``timestamps``, as nuScenes' ``samples/CAM_FRONT/*.jpg``): exactly one.
+
 Parsing is strict, since every record is hostile until checked: a number is a finite JSON number (not
 "20", not true, not NaN or Infinity), an integer is integral, an array is a rectangular array of numbers,
 a key outside the form above is refused (``ingest.extra_keys``), null is the same as absent, and a video
-path stays inside the record's directory (``ingest.allow_absolute_videos``). Each failure is a
+or image path stays inside the record's directory (``ingest.allow_absolute_videos``). Each failure is a
 ``ClipError`` whose detail names the field (``cameras[front].width: expected a number, got string 'abc'``).
 Given the shard build's ``IngestConfig``, values are also held to ``ingest.bounds`` and each camera's
 declared rate to its timestamps (``ingest.tolerance``).
@@ -56,7 +59,7 @@ DISTORTION_SIZE = 5
 CLIP_KEYS = frozenset({"schema_version", "clip_id", "drive_id", "rig_id", "start_time_s", "cameras", "ego", "gps",
                        "metadata", "boxes"})
 CAMERA_KEYS = frozenset({"name", "frame_rate", "timestamps", "width", "height", "intrinsics", "extrinsics",
-                         "distortion", "video"})
+                         "distortion", "video", "frames"})
 EGO_KEYS = frozenset({"timestamps", "speed", "curvature"})
 GPS_KEYS = frozenset({"timestamps", "latitude", "longitude"})
 BOX_KEYS = frozenset({"timestamps", "frame_index", "center", "size", "yaw", "category"})
@@ -260,7 +263,8 @@ def _series(d: Mapping[str, Any], section: str, names: tuple[str, ...], min_size
 
 
 def _video(value: Any, where: str, base_dir: str | None, checks: Checks) -> str:
-    """The video's location: a relative path resolved under ``base_dir``, never outside it unless allowed."""
+    """A video's (or image's) location: a relative path resolved under ``base_dir``, never outside it unless
+    allowed."""
     video = _string(value, where)
     if not video or any(ord(c) < 32 for c in video):
         raise ClipError(_INVALID, f"{where}: {_show(video)} is not a usable path")
@@ -280,6 +284,28 @@ def _video(value: Any, where: str, base_dir: str | None, checks: Checks) -> str:
                         f"{storage.redact(base_dir)}") from None
 
 
+def _frames(value: Any, where: str, count: int, base_dir: str | None, checks: Checks) -> tuple[str, ...]:
+    """An image camera's files: one per timestamp (``count``), each under the path policy of a video."""
+    if not isinstance(value, (list, tuple)):
+        raise ClipError(_INVALID, f"{where}: expected an array of strings, got {_kind(value)} {_show(value)}")
+    b = checks.bounds
+    if b is not None and len(value) > b.max_frames_per_camera:   # before touching each entry
+        raise ClipError(Reason.OUT_OF_BOUNDS, f"{where}: {len(value)} values, more than "
+                                              f"ingest.bounds.max_frames_per_camera = {b.max_frames_per_camera}")
+    if len(value) != count:
+        raise ClipError(Reason.FRAME_COUNT_MISMATCH, f"{where}: {len(value)} images, {count} timestamps declared "
+                                                     f"(one image per timestamp)")
+    return tuple(_video(v, f"{where}[{i}]", base_dir, checks) for i, v in enumerate(value))
+
+
+def _relative(location: str, base_dir: str | None) -> str:
+    """A local ``location`` inside ``base_dir`` relative to it; anything else as it is."""
+    if base_dir is None or storage.is_uri(location) or storage.is_uri(base_dir):
+        return location
+    rel = os.path.relpath(location, base_dir)
+    return location if rel == ".." or rel.startswith(".." + os.sep) else rel
+
+
 @dataclass(frozen=True)
 class Camera:
     name: str
@@ -290,17 +316,26 @@ class Camera:
     intrinsics: np.ndarray      # (4,) fx, fy, cx, cy
     extrinsics: np.ndarray      # (4, 4) camera -> ego
     distortion: np.ndarray      # (5,) k1, k2, p1, p2, k3
-    video: str                  # absolute path or URI
+    video: str | None           # absolute path or URI; None for an image camera
+    frames: tuple[str, ...] | None = None   # (F,) absolute paths or URIs of an image camera, one per timestamp
+
+    def __post_init__(self) -> None:
+        if (self.video is None) == (self.frames is None):
+            raise ValueError(f"camera {self.name!r}: exactly one of video or frames")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: str | None, checks: Checks = Checks(),
                   index: int = 0) -> "Camera":
-        """Parse camera ``index`` of a record; ``base_dir`` resolves a relative video path (None: taken as is)."""
+        """Parse camera ``index`` of a record; ``base_dir`` resolves relative video and image paths (None: taken
+        as is)."""
         b, tol = checks.bounds, checks.tolerance
         d = _object(d, f"cameras[{index}]", CAMERA_KEYS, checks)
         name = _string(_field(d, "name", f"cameras[{index}]"), f"cameras[{index}].name", b, _ID_PATTERN)
         where = f"cameras[{name}]"
-        video = _video(_field(d, "video", where), f"{where}.video", base_dir, checks)
+        if (d.get("video") is None) == (d.get("frames") is None):
+            given = "both" if d.get("video") is not None else "neither"
+            raise ClipError(_INVALID, f"{where}: exactly one of video or frames, got {given}")
+        video = None if d.get("video") is None else _video(d["video"], f"{where}.video", base_dir, checks)
         rate = _number(_field(d, "frame_rate", where), f"{where}.frame_rate")
         width = _integer(_field(d, "width", where), f"{where}.width")
         height = _integer(_field(d, "height", where), f"{where}.height")
@@ -311,6 +346,7 @@ class Camera:
         _within(width, f"{where}.width", b, "min_width", "max_width")
         _within(height, f"{where}.height", b, "min_height", "max_height")
         ts = _times(_field(d, "timestamps", where), f"{where}.timestamps", checks, "max_frames_per_camera", 1)
+        frames = None if video is not None else _frames(d["frames"], f"{where}.frames", ts.size, base_dir, checks)
         if tol is not None and ts.size > 1:
             # The median spacing ignores dropped frames and jitter; a declared rate far from it is a lie
             # that would resample every window of this camera onto the wrong grid.
@@ -336,18 +372,18 @@ class Camera:
         if not rigid:
             raise ClipError(calib, f"{where}.extrinsics: not a rigid transform")
         _within(_norm(extr[:3, 3]), f"{where}.extrinsics", b, hi="max_camera_offset_m", what="camera offset (m) ")
-        return cls(name, rate, ts, width, height, intr, extr, dist, video)
+        return cls(name, rate, ts, width, height, intr, extr, dist, video, frames)
 
     def to_dict(self, base_dir: str | None = None) -> dict[str, Any]:
-        """The JSON form; with ``base_dir``, a local video inside it is written relative to it (one outside
-        stays absolute: reading it back then needs ``ingest.allow_absolute_videos``)."""
-        video = self.video
-        if base_dir is not None and not storage.is_uri(video) and not storage.is_uri(base_dir):
-            rel = os.path.relpath(video, base_dir)
-            video = video if rel == ".." or rel.startswith(".." + os.sep) else rel
-        return {"name": self.name, "frame_rate": self.frame_rate, "timestamps": self.timestamps.tolist(),
-                "width": self.width, "height": self.height, "intrinsics": self.intrinsics.tolist(),
-                "extrinsics": self.extrinsics.tolist(), "distortion": self.distortion.tolist(), "video": video}
+        """The JSON form; with ``base_dir``, a local video or image inside it is written relative to it (one
+        outside stays absolute: reading it back then needs ``ingest.allow_absolute_videos``). A video camera
+        has no ``frames`` key, not even null: its windows' records, hence the shards, stay as they were."""
+        d = {"name": self.name, "frame_rate": self.frame_rate, "timestamps": self.timestamps.tolist(),
+             "width": self.width, "height": self.height, "intrinsics": self.intrinsics.tolist(),
+             "extrinsics": self.extrinsics.tolist(), "distortion": self.distortion.tolist()}
+        if self.frames is not None:
+            return d | {"frames": [_relative(f, base_dir) for f in self.frames]}
+        return d | {"video": _relative(self.video, base_dir)}
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ class Reason(str, Enum):
     # Good input, deliberately left out.
     NOT_SELECTED_STRIDE = "not_selected_stride"  # within the minimum temporal stride of a kept window
     NOT_SELECTED_BALANCE = "not_selected_balance"  # down-sampled: its metadata cell is over-represented
+    NOT_SELECTED_SPLIT = "not_selected_split"    # split.kind official: its clip is in neither list (e.g. test)
 
     @property
     def is_bad_input(self) -> bool:
-        return self not in (Reason.NOT_SELECTED_STRIDE, Reason.NOT_SELECTED_BALANCE)
+        return self not in (Reason.NOT_SELECTED_STRIDE, Reason.NOT_SELECTED_BALANCE, Reason.NOT_SELECTED_SPLIT)
 
 
 MAX_DETAIL = 1000   # characters: a hostile value must not turn one rejects row into megabytes

@@ -10,12 +10,14 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-VOCAB_VERSION = 1
+VOCAB_VERSION = 2
 UNKNOWN = "unknown"
 
-# name -> values; index in the tuple is the id. Order is frozen per version: append only.
+# name -> values; index in the tuple is the id. Order is frozen per version: append only, so the ids of every
+# earlier version mean the same under this one and its shards stay readable (``check_vocab_version``).
+# v2: country "SG" (nuScenes' Singapore logs).
 VOCABULARY: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "country": (UNKNOWN, "GB", "US", "DE"),
+    "country": (UNKNOWN, "GB", "US", "DE", "SG"),
     "weather": (UNKNOWN, "clear", "cloudy", "rain", "fog", "snow"),
     "time_of_day": (UNKNOWN, "day", "dawn_dusk", "night"),
     # Posted limit in km/h (20 mph = 32 km/h and friends are rounded to these bins at ingest).
@@ -54,6 +56,15 @@ def encode_metadata(metadata: Mapping[str, str | None]) -> dict[str, int]:
                 f"metadata.{name}: unknown value {value!r}; vocabulary v{VOCAB_VERSION} allows {list(values)}")
         ids[name] = values.index(value)
     return ids
+
+
+def check_vocab_version(version: object, where: str) -> int:
+    """A shard's ``vocab_version``: any earlier version reads as this one (values are only ever appended); a
+    later one holds ids this code does not know, and is refused."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VOCAB_VERSION:
+        raise VocabularyError(f"{where}: vocab_version {version!r} is not readable by vocabulary v{VOCAB_VERSION} "
+                              f"(versions 1..{VOCAB_VERSION}; a newer one needs a newer gaia2)")
+    return version
 
 
 def decode_metadata(ids: Mapping[str, int]) -> dict[str, str]:

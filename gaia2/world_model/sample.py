@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gaia2.schema.metadata import VOCABULARY
+from gaia2.schema.metadata import VOCABULARY, VocabularyError, check_vocab_version
 
 FIELDS = ("latents", "timestamps", "action", "agents", "agents_valid", "metadata", "clip", "intrinsics",
           "extrinsics", "distortion")
@@ -39,6 +39,10 @@ def world_model_sample(meta: dict, latents: np.ndarray, boxes: np.ndarray, boxes
     intrinsics (N, 4) = fx/W, fy/H, cx/W, cy/H; extrinsics (N, 4, 4); distortion (N, 5).
     """
     key = meta.get("key", "?")
+    try:   # ids of an older vocabulary mean the same under this one (append only); a newer one is refused
+        check_vocab_version(meta.get("vocab_version", 1), f"sample {key!r}")
+    except VocabularyError as err:
+        raise SampleError(str(err)) from None
     steps, n_cam = latents.shape[:2]
     frames = len(meta["timestamps"])
     if n_cam < cameras:

@@ -38,6 +38,7 @@ import ray
 from gaia2 import storage
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
+from gaia2.curation.official import OfficialSplit, SplitListError
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
 from pipelines.rejects import Reject, reject_row, rejects_table
@@ -50,7 +51,7 @@ from pipelines.shards.ingest import dedupe_clip_ids, ingest_batch
 from pipelines.shards.output import (BUILD_FILE, OutputConflict, OutputLock, OutputLocked, fingerprint, prepare,
                                      write_build_record)
 from pipelines.shards.plan import Plan, make_plan
-from pipelines.shards.sources import ClipRef, list_clips
+from pipelines.shards.sources import ClipRef, SourceError, is_nuscenes, list_clips, nuscenes_root, source_summary
 from pipelines.shards.window import window_batch
 from pipelines.shards.write import (SAMPLE_FIELDS, STAGING, assemble_shard, index_path, is_staged, read_index,
                                     shard_path, stage_batch, staged_keys)
@@ -161,13 +162,30 @@ def build_shards(source: str, out_dir: str, cfg: ShardBuildConfig,
     out_dir = storage.absolute(out_dir)
     refs = list_clips(source)
     geofences = Geofences.from_geojson(cfg.split.geofences) if cfg.split.geofences else Geofences.default()
+    official = official_split(cfg, source)
     with OutputLock(out_dir, cfg.lock.heartbeat_s, cfg.lock.stale_s, log) as lock:
-        result = _build(source, refs, geofences, out_dir, cfg, lock, log, started)
+        result = _build(source, refs, geofences, official, out_dir, cfg, lock, log, started)
     failures = gate_failures(result.report, cfg)
     if failures:
         raise BuildFailed(f"the build of {storage.redact(out_dir)} failed its gate: {'; '.join(failures)} "
                           f"(everything written is kept; see rejects.parquet and report.json)", result)
     return result
+
+
+def official_split(cfg: ShardBuildConfig, source: str) -> OfficialSplit | None:
+    """The lists of ``split.kind: official`` (None for geofences): ``split.lists``, or the nuScenes source's own
+    version; a ``SourceError`` naming ``split.lists`` when there are none or they cannot be read."""
+    if cfg.split.kind != "official":
+        return None
+    lists = cfg.split.lists
+    if lists is None:
+        if not is_nuscenes(source):
+            raise SourceError("split.lists: required with split.kind official for a source other than nuscenes://")
+        lists = f"nuscenes-{nuscenes_root(source)[1]}"
+    try:
+        return OfficialSplit.load(lists)
+    except SplitListError as err:
+        raise SourceError(str(err)) from None
 
 
 def gate_failures(report: dict, cfg: ShardBuildConfig) -> list[str]:
@@ -182,8 +200,8 @@ def gate_failures(report: dict, cfg: ShardBuildConfig) -> list[str]:
     return out
 
 
-def _build(source: str, refs: list[ClipRef], geofences: Geofences, out_dir: str, cfg: ShardBuildConfig,
-           lock: OutputLock, log: Callable[[str], None], started: float) -> BuildResult:
+def _build(source: str, refs: list[ClipRef], geofences: Geofences, official: OfficialSplit | None, out_dir: str,
+           cfg: ShardBuildConfig, lock: OutputLock, log: Callable[[str], None], started: float) -> BuildResult:
     timings: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -196,13 +214,13 @@ def _build(source: str, refs: list[ClipRef], geofences: Geofences, out_dir: str,
     rows = run_ingest(refs, cfg)   # reads only: the output is untouched until the fingerprint is checked
     rows, _ = dedupe_clip_ids(rows, [ref.location for ref in refs])   # one id, one clip: later ones are rejects
     lap("ingest_s")
-    fp = fingerprint(cfg, refs, rows, source, geofences)
+    fp = fingerprint(cfg, refs, rows, source, geofences, official.digest() if official else "")
     resuming = prepare(out_dir, cfg, fp, geofences)
     log(f"[shards] {len(refs)} clips from {storage.redact(source)} -> {storage.redact(out_dir)}"
         + (" (resuming)" if resuming else ""))
     windows = [r for r in rows if r["kind"] == "window"]
     clip_rejects = [r for r in rows if r["kind"] == "reject"]
-    plan = make_plan(windows, cfg, geofences)
+    plan = make_plan(windows, cfg, geofences, official)
     lap("select_s")
     shards = plan.shards()
     done = {s for s in shards if read_index(out_dir, s) is not None}
@@ -232,6 +250,8 @@ def _build(source: str, refs: list[ClipRef], geofences: Geofences, out_dir: str,
     rejects += [reject_row(Reject("select", r["reason"], r["detail"]), r["clip_id"], r["key"], r["window"],
                            split=r["split"]) for r in plan.not_selected]
     report = make_report(refs, windows, clip_rejects, plan, manifest, rejects, out_dir)
+    report["split"] = {"kind": cfg.split.kind, **({"lists": official.name} if official else {})}
+    report["source"] = source_summary(refs)
     _write_parquet(storage.join(out_dir, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
     _write_parquet(storage.join(out_dir, "rejects.parquet"), rejects_table(rejects))
     report["plots"] = _write_plots(_plot_stats(report, plan, geofences), out_dir)

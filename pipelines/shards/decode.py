@@ -42,7 +42,7 @@ class DecodeWindows:
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
 
     def decode(self, clip_json: str, index: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
-        from gaia2.video.decode import decode_frames
+        from gaia2.video.camera_io import decode_camera
 
         clip = parse_clip(clip_json)
         w = self.cfg.window
@@ -52,8 +52,9 @@ class DecodeWindows:
         frames = []
         for cam, meta, (scaled, crop), idx in zip(clip.cameras, cams, geometry, window.frame_indices):
             try:
-                frames.append(decode_frames(cam.video, cam.name, idx, scaled, crop, out_wh))
+                frames.append(decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px))
             except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
+                # (only a video's: a missing image is already a ClipError naming the frame)
                 raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
                                                        "(present at ingest)") from None
             meta["frame_timestamps"] = cam.timestamps[idx].tolist()

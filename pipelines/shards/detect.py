@@ -88,11 +88,19 @@ class DetectAgents:
     def detect_row(self, frames: np.ndarray, cameras_json: str, timestamps: np.ndarray,
                    clip_json: str) -> tuple[np.ndarray, np.ndarray]:
         cameras = cameras_from_json(cameras_json)
+        frames = np.asarray(frames)
         # Only ground truth reads the clip record; a network detector skips the parse.
         clip = parse_clip(clip_json) if self.detector.requires_clip else None
-        ts = np.asarray(timestamps, dtype=np.float64)
-        boxes = self.detect(np.asarray(frames), cameras, ts, clip)
-        return agent_features(boxes, cameras, self.max_agents)
+        if not getattr(self.detector, "any_time", False):   # a network: what the frames show, per grid time
+            boxes = self.detect(frames, cameras, np.asarray(timestamps, dtype=np.float64), clip)
+            return agent_features(boxes, cameras, self.max_agents)
+        # Labels: each camera's boxes at its own frames' times, not the grid's (the cameras of a rig are not
+        # synchronous: a box labelled 40 ms off a camera's exposure lands beside the object in its image).
+        per_camera = []
+        for n, (cam, meta) in enumerate(zip(cameras, json.loads(cameras_json))):
+            times = np.asarray(meta.get("frame_timestamps", timestamps), dtype=np.float64)
+            per_camera.append(agent_features(self.detect(frames[n:n + 1], [cam], times, clip), [cam], self.max_agents))
+        return np.concatenate([f for f, _ in per_camera], axis=1), np.concatenate([v for _, v in per_camera], axis=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["frames"])

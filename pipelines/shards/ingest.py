@@ -1,4 +1,4 @@
-"""Stage 1a: parse and validate each clip, check its videos, cut its windows.
+"""Stage 1a: parse and validate each clip, check its videos (or image sequences), cut its windows.
 
 One input row per clip; one output row per window, or a single reject row for a bad clip. No pixels
 leave this stage: selection (split, stride, balancing) needs only metadata, and only the selected
@@ -7,7 +7,8 @@ windows are decoded in full later.
 Every record is hostile until checked: a malformed field, a value outside ``ingest.bounds``, a declared
 rate, size or frame count its timestamps or video contradict (``ingest.tolerance``), a video path leaving
 the source: each is a reject row with its reason and a detail naming the field, never an exception
-past the record. Duplicate clip ids need every row at once: ``dedupe_clip_ids`` runs on the driver.
+past the record. A nuScenes scene arrives as its bundle of table rows and is converted here
+(``gaia2.datasets.nuscenes_clip``), so that its problems are rejects like any record's. Duplicate clip ids need every row at once: ``dedupe_clip_ids`` runs on the driver.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.windows import Window, cut_windows, window_key
 from gaia2.schema.clip import Clip, dumps
 from gaia2.schema.errors import ClipError, Reason
-from gaia2.video.decode import check_video
+from gaia2.video.camera_io import check_camera
 from pipelines.rejects import REJECT_COLUMNS, map_rows
 from pipelines.shards.sources import ClipRef
 
@@ -58,6 +59,10 @@ class IngestClips:
             record = json.loads(ref.record)
         except (ValueError, RecursionError) as err:
             raise ClipError(Reason.INVALID_RECORD, f"record: not JSON ({type(err).__name__}: {err})") from None
+        if ref.kind == "nuscenes":   # a scene's bundle of table rows -> its clip record
+            from gaia2.datasets.nuscenes_clip import scene_record
+
+            record = scene_record(record)
         return Clip.from_dict(record, base_dir=ref.base_dir, ingest=ingest)
 
     def windows(self, clip: Clip) -> list[Window]:
@@ -67,8 +72,7 @@ class IngestClips:
             raise ClipError(Reason.MISSING_CAMERA,
                             f"cameras: {len(clip.cameras)}, at least ingest.min_cameras = {ingest.min_cameras} required")
         for cam in clip.cameras:
-            check_video(cam.video, f"cameras[{cam.name}]", len(cam.timestamps), ingest.decode_check,
-                        width=cam.width, height=cam.height, frame_rate=cam.frame_rate, tolerance=ingest.tolerance)
+            check_camera(cam, f"cameras[{cam.name}]", ingest.decode_check, ingest.tolerance)
         windows = cut_windows(clip, self.cfg.window.frames, self.cfg.window.hop, self.cfg.window.grid_hz)
         if not windows:
             raise ClipError(Reason.TOO_SHORT, f"shorter than one window of {self.cfg.window.frames} frames "
@@ -101,9 +105,10 @@ class IngestClips:
         return rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        refs = [ClipRef(str(ref_id), str(location), str(base_dir), str(record) if record else None)
-                for ref_id, location, base_dir, record in zip(batch["ref_id"], batch["location"], batch["base_dir"],
-                                                              batch["record"])]
+        refs = [ClipRef(str(ref_id), str(location), str(base_dir), str(record) if record else None, str(kind))
+                for ref_id, location, base_dir, record, kind in zip(batch["ref_id"], batch["location"],
+                                                                    batch["base_dir"], batch["record"],
+                                                                    batch.get("kind", ["clip"] * len(batch["ref_id"])))]
         rows = self.ingest(refs)
         return {c: np.asarray([r[c] for r in rows], dtype=object if c not in ("window", "start_time", "end_time")
                               else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}

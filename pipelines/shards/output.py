@@ -11,9 +11,9 @@ before it refreshes it: a holder that finds another owner there stops the build 
 
 Fingerprint: what determines the bytes of the shards, and nothing else. The config fields that shape
 samples (not resources, batch sizes, concurrency, retries, gates or the lock), every clip record's bytes,
-each video's size and modification time (from one listing of the source, a lookup for videos outside
-it), the geofences' contents and the weights of the CLIP model and the detector (file names, sizes and
-SHA-256). A build that ran out of memory resumes with smaller batches; changed inputs are refused.
+the size and modification time of each video and each camera image (from one listing of the source, a lookup
+for those outside it), the geofences' contents and the weights of the CLIP model and the detector (file names,
+sizes and SHA-256). A build that ran out of memory resumes with smaller batches; changed inputs are refused.
 """
 
 from __future__ import annotations
@@ -175,31 +175,41 @@ def weights_digest(directory: str | None) -> str:
 
 
 def _video_locations(clip_json: str) -> list[str]:
-    return [cam["video"] for cam in json.loads(clip_json)["cameras"]]
+    """Every file a window's cameras read: each video, or each image of an image camera."""
+    return [f for cam in json.loads(clip_json)["cameras"] for f in (cam.get("frames") or [cam["video"]])]
 
 
 def video_stats(videos: Iterable[str], source: str) -> dict[str, tuple[int, float] | None]:
-    """(size, mtime) of each video: one listing of the source for those under it, a lookup for the rest."""
+    """(size, mtime) of each video or image: one listing of each directory holding several of them (a clip's
+    directory, a nuScenes camera's folder of frames), a lookup for the rest. ``source`` is unused (kept for
+    callers)."""
     videos = sorted(set(videos))
-    root = source if not storage.basename(source).endswith(".parquet") else storage.dirname(source)
-    root = storage.absolute(root)
-    listed: dict[str, tuple[int, float]] = {}
-    prefix = storage.join(root, "")
-    if any(v.startswith(prefix) for v in videos):
-        fs, base = storage.resolve(root)
-        import pyarrow.fs as pafs
+    by_dir: dict[str, list[str]] = {}
+    for v in videos:
+        by_dir.setdefault(storage.dirname(v), []).append(v)
+    out: dict[str, tuple[int, float] | None] = {}
+    import pyarrow.fs as pafs
 
-        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+    for directory, members in by_dir.items():
+        if len(members) < 4:
+            out.update((v, storage.stat(v)) for v in members)
+            continue
+        fs, base = storage.resolve(directory)
+        listed = {}
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True)):
             if info.type == pafs.FileType.File:
-                rel = info.path[len(base.rstrip("/")) + 1:].replace(os.sep, "/")
-                listed[storage.join(root, rel)] = (info.size, float(info.mtime_ns or 0))
-    return {v: listed.get(v) if v in listed else storage.stat(v) for v in videos}
+                listed[info.path.replace(os.sep, "/").rsplit("/", 1)[-1]] = (info.size, float(info.mtime_ns or 0))
+        out.update((v, listed.get(storage.basename(v))) for v in members)
+    return out
 
 
-def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], source: str, geofences: Geofences) -> str:
-    """Hash of what decides the output's bytes (see the module's docstring)."""
+def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], source: str, geofences: Geofences,
+                split_lists: str = "") -> str:
+    """Hash of what decides the output's bytes (see the module's docstring); ``split_lists``: the digest of
+    the official split's lists (``split.kind: official``)."""
     h = hashlib.sha256(json.dumps(sample_config(cfg), sort_keys=True).encode())
     h.update(json.dumps(geofences.to_geojson(), sort_keys=True).encode())
+    h.update(split_lists.encode())
     h.update(weights_digest(cfg.embedding.clip_path).encode())
     if cfg.detection.kind == "network":
         h.update(weights_digest(cfg.detection.checkpoint).encode())

@@ -1,4 +1,5 @@
-"""Selection and shard plan: split by geofence, minimum stride per drive, balancing, shard names.
+"""Selection and shard plan: split (by geofence or official lists), minimum stride per drive, balancing,
+shard names.
 
 Runs on the driver over window metadata only (no pixels). Every window ends up in exactly one of:
 the plan (to be written) or the not-selected list (with its reason).
@@ -14,6 +15,7 @@ import numpy as np
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.balance import balance, cell_of
 from gaia2.curation.geofence import Geofences
+from gaia2.curation.official import OfficialSplit
 from gaia2.curation.stride import select_by_stride
 from gaia2.schema.errors import Reason
 
@@ -38,13 +40,23 @@ def estimate_sample_bytes(cfg: ShardBuildConfig, cameras: float) -> float:
     return video + arrays + 8192   # json, embeddings, tar headers
 
 
-def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences) -> Plan:
-    rows = sorted(windows, key=lambda r: r["key"])
-    for row in rows:
+def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences,
+              official: OfficialSplit | None = None) -> Plan:
+    """``official``: split by its lists (``split.kind: official``) instead of the geofences."""
+    rows, selected, not_selected, stats = [], [], [], {}
+    for row in sorted(windows, key=lambda r: r["key"]):
         row["cell"] = cell_of(json.loads(row["metadata_json"]), cfg.balance.keys)
-        track = np.asarray(json.loads(row["track_json"]), dtype=np.float64)
-        row["split"] = "val" if geofences.touches(track) else "train"
-    selected, not_selected, stats = [], [], {}
+        if official is None:
+            track = np.asarray(json.loads(row["track_json"]), dtype=np.float64)
+            row["split"] = "val" if geofences.touches(track) else "train"
+        else:
+            row["split"] = official.split_of(row["clip_id"]) or ""
+            if not row["split"]:
+                not_selected.append({**row, "reason": Reason.NOT_SELECTED_SPLIT.value,
+                                     "detail": f"clip {row['clip_id']} is in neither the train nor the val list "
+                                               f"of {official.name}"})
+                continue
+        rows.append(row)
     # The stride holds per drive across both splits, so no two selected windows of a drive overlap
     # in time, whichever split each landed in.
     keep = select_by_stride([r["drive_id"] for r in rows], np.asarray([r["start_time"] for r in rows]),

@@ -1,0 +1,1 @@
+"""Readers of public driving datasets in their own layouts, turning them into clip records."""
