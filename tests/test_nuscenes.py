@@ -272,15 +272,24 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_build_from_nuscenes(ray_session, clip_model, dataset, tmp_path):
-    """A build accounts for every scene and window; the official split puts each scene on its side; per-camera
-    timestamps survive into the shards; the shards' boxes land where the frames show the objects."""
+def _build(source: str, out: str, clip_model: str):
     from pipelines.shards.build import build_shards
 
     cfg = load_shard_config("tiny", overrides={**SHORT, "split": {"kind": "official"},
                                                "embedding": {"clip_path": clip_model}})
-    out = str(tmp_path / "shards")
-    result = build_shards(_source(dataset), out, cfg, log=lambda _: None)
+    return build_shards(source, out, cfg, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def local_build(ray_session, clip_model, dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("nuscenes-shards") / "shards")
+    return out, _build(_source(dataset), out, clip_model)
+
+
+def test_build_from_nuscenes(local_build, dataset):
+    """A build accounts for every scene and window; the official split puts each scene on its side; per-camera
+    timestamps survive into the shards; the shards' boxes land where the frames show the objects."""
+    out, result = local_build
     report = result.report
     acc = report["accounting"]
     windows = sum(len(range(0, len(_grid(rec)) - 8 + 1, 8)) for rec in _records(_source(dataset)).values())
@@ -336,3 +345,45 @@ def _category(obj: nh.Obj) -> str | None:
         return "cyclist" if "cycle.with_rider" in obj.attributes else None
     return {"vehicle.car": "car", "human.pedestrian.adult": "pedestrian", "vehicle.bus.rigid": "bus",
             "human.pedestrian.child": "pedestrian", "vehicle.truck": "van"}.get(obj.category)
+
+
+def test_a_nuscenes_root_on_object_storage_builds_the_same_shards(local_build, dataset, clip_model, s3_server,
+                                                                   tmp_path):
+    from gaia2 import storage
+
+    bucket = s3_server.bucket("gaia2-nuscenes")
+    for dirpath, _, names in os.walk(dataset.root):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), dataset.root)
+            storage.upload_file(os.path.join(dirpath, name), f"{bucket}/data/{rel}")
+    source = f"nuscenes+s3://gaia2-nuscenes/data?version={dataset.version}"
+    out = str(tmp_path / "shards")
+    result = _build(source, out, clip_model)
+    assert result.report["accounting"] == local_build[1].report["accounting"]
+    local = local_build[0]
+    tars = sorted(os.path.join(split, n) for split in ("train", "val") for n in os.listdir(os.path.join(local, split)))
+    assert tars and tars == sorted(os.path.join(split, n) for split in ("train", "val")
+                                   for n in os.listdir(os.path.join(out, split)))
+    for rel in tars:
+        assert open(os.path.join(out, rel), "rb").read() == open(os.path.join(local, rel), "rb").read(), rel
+
+
+def test_vocabulary_v2_reads_v1_shards_and_refuses_newer_ones():
+    """Singapore is vocabulary v2's "SG", appended: a v1 sample's ids mean the same, a v3 one is refused."""
+    from gaia2.schema.metadata import VOCAB_VERSION, VOCABULARY, encode_metadata
+    from gaia2.world_model.sample import SampleError, world_model_sample
+
+    assert VOCAB_VERSION == 2 and VOCABULARY["country"][:4] == ("unknown", "GB", "US", "DE")
+    assert encode_metadata({"country": "SG"})["country"] == 4
+    cams = [{"name": "c", "width": 8, "height": 4, "intrinsics": [1, 1, 1, 1], "extrinsics": np.eye(4).tolist(),
+             "distortion": [0] * 5}]
+
+    def sample(version):
+        meta = {"key": "k", "vocab_version": version, "timestamps": [0.0, 0.1], "cameras": cams,
+                "metadata": {"country": 2}, "ego": {"speed": [1.0, 1.0], "curvature": [0.0, 0.0]}}
+        return world_model_sample(meta, np.zeros((1, 1, 2, 1, 1), np.float32), np.zeros((2, 1, 1, 13), np.float32),
+                                  np.zeros((2, 1, 1), bool), np.zeros((1, 4), np.float32), cameras=1, max_agents=1)
+
+    assert sample(1)["metadata"][0] == 2 and sample(2)["metadata"][0] == 2   # US either way
+    with pytest.raises(SampleError, match="vocab_version 3 is not readable"):
+        sample(3)
