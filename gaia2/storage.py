@@ -264,16 +264,6 @@ def list_files(location: str, recursive: bool = True) -> list[str]:
     return sorted(rel for rel, kind in _walk(location, recursive) if kind == pafs.FileType.File)
 
 
-def list_sizes(location: str) -> dict[str, int]:
-    """{name: bytes} of the files directly under a directory or prefix, from one listing ({} if there is none).
-
-    On object storage a listing answers a thousand names per request, where a size per file is a request each.
-    """
-    fs, path = resolve(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-    return {posixpath.basename(i.path): i.size for i in infos if i.type == pafs.FileType.File}
-
-
 def list_dirs(location: str) -> list[str]:
     """Immediate subdirectories (common prefixes on object storage) of ``location``, sorted names."""
     return sorted(rel for rel, kind in _walk(location, False) if kind == pafs.FileType.Directory)

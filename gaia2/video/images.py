@@ -70,21 +70,16 @@ def _pixels(img: Image.Image, where: str) -> Image.Image:
 def file_sizes(locations: Sequence[str]) -> list[int | None]:
     """Bytes of each file, None where there is none.
 
-    On object storage each parent directory is listed once (a request per thousand names, where a size per
-    file is a request each); a local file is looked up on its own (a stat costs microseconds, and listing a
-    directory stats all of it: nuScenes keeps every clip's images of a camera in one directory).
+    A local file is a stat (microseconds). On object storage each is a metadata request, sent 16 at a time:
+    listing the parent instead would cost more where it matters, since nuScenes keeps every scene's images of
+    a camera in one prefix (~34,000 objects, 34 listing requests per scene and camera, against its ~240 lookups).
     """
-    listings: dict[str, dict[str, int]] = {}
-    sizes = []
-    for location in locations:
-        if not storage.is_uri(location):
-            sizes.append(storage.size(location))
-            continue
-        parent = storage.dirname(location)
-        if parent not in listings:
-            listings[parent] = storage.list_sizes(parent)
-        sizes.append(listings[parent].get(storage.basename(location)))
-    return sizes
+    if not any(storage.is_uri(loc) for loc in locations):
+        return [storage.size(loc) for loc in locations]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(storage.size, locations))
 
 
 def check_images(frames: Sequence[str], name: str, declared_frames: int, check: str = "last_frame", *,
