@@ -24,7 +24,7 @@ What comes from where:
   size (w, l, h) -> (l, w, h); category through ``CATEGORY_MAP`` (the rest dropped and counted in the build
   report).
 - Metadata: country from the location (``SG`` is vocabulary v2); ``time_of_day`` night and ``weather`` rain
-  where the scene's description says so; everything else unknown.
+  where the scene's description says so ("after rain" is not rain); everything else unknown.
 
 Every problem is a ``ClipError`` naming the table and token (the scene's reject), never another exception.
 """
@@ -71,6 +71,9 @@ IGNORED_CATEGORIES = frozenset({"animal", "human.pedestrian.stroller", "movable_
                                 "movable_object.trafficcone", "static_object.bicycle_rack"})
 WITHOUT_RIDER = "cycle.without_rider"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# What a scene description says of the conditions ("Night, rain, parked cars"; "after rain" is not rain).
+_NIGHT = re.compile(r"\bnight\b", re.IGNORECASE)
+_RAIN = re.compile(r"(?<!after )\b(rain|raining|rainy)\b", re.IGNORECASE)
 
 
 def category_of(ann: dict) -> str | None:
@@ -291,11 +294,10 @@ def _scene_record(bundle: dict) -> dict[str, Any]:
     lat, lon = latlon(location, xyz[:, :2])
 
     description = scene.get("description") if isinstance(scene.get("description"), str) else ""
-    words = set(re.findall(r"[a-z]+", description.lower()))
     metadata = {"country": LOCATIONS[location][0]}
-    if "night" in words:
+    if _NIGHT.search(description):
         metadata["time_of_day"] = "night"
-    if words & {"rain", "raining", "rainy"}:
+    if _RAIN.search(description):
         metadata["weather"] = "rain"
 
     vehicle = log.get("vehicle") if isinstance(log.get("vehicle"), str) and log.get("vehicle") else "unknown"
