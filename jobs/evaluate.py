@@ -4,7 +4,14 @@
         [--mode scratch|rollout|edit] [--metrics fdd,fid,fvd,fvmd,iou,action,loss]
         [--fdd-net DIR --fid-net FILE --fvd-net FILE --segmenter DIR] [--tracker lucas-kanade|FILE]
         [--checkpoints RUN_DIR] [--promote ALIAS --by METRIC] [--out DIR] [--workdir DIR]
+        [--preset tiny|paper|nuscenes]
     python -m jobs.evaluate ...                     # the same job, as a Ray job entry point
+
+Presets are protocols: ``paper`` is GAIA-2's (n = 1024, §6.2), ``nuscenes`` the nuScenes-val protocol of the open
+driving world models (MagicDrive, W-CODA 2024, OpenDWM: FID over every frame, FVD over one 16-frame clip per
+camera of each of the 150 val scenes, frames at 224 x 400; ``nuscenes()`` says which settings come from where),
+``tiny`` a pipeline check. The report's ``protocol`` names the one followed, its settings and sources, and every
+protocol-defining setting changed from the preset's (``deviations``).
 
 Every sample of the validation split (the first ``--samples`` keys) is regenerated under its own recorded
 conditioning (``spec_for_sample``: the generation job's actor pool), decoded, and measured beside its real video
@@ -12,7 +19,7 @@ in an actor pool (``pipelines.evaluation.measure``; ``measure.num_gpus`` per act
 
     fdd      Fréchet distance of DINOv2 ViT-L/14 CLS features of frames resized to 448 x 952
     fid      Fréchet distance of InceptionV3 pool features at 299 x 299 (torchmetrics' extractor, antialias off)
-    fvd      Fréchet distance of I3D features of 16-frame clips (cd-fvd's I3D, 224 x 224)
+    fvd      Fréchet distance of I3D features of 16-frame clips (cd-fvd's I3D, 224 x 224; ``fvd_clip_frames``)
     fvmd     Fréchet Video Motion Distance over keypoint tracks (the tracker is named in the results)
     iou      agent adherence: class IoU of the conditioning boxes and what a segmenter finds in the generation
     action   action adherence: the generation's apparent ego speed against the commanded speed (Spearman), and
@@ -21,19 +28,20 @@ in an actor pool (``pipelines.evaluation.measure``; ``measure.num_gpus`` per act
 
 Each distance has its sample counts and a bootstrap interval (``bootstrap`` resamples, ``level``). Real-video
 measurements are cached by (dataset fingerprint, extractor fingerprint incl. weights and resolution, frame
-choice) under ``job.cache``, so evaluating another model reuses them, and a copy of the same build elsewhere
-(the fingerprint is of the contents). Pretrained networks load from local paths only (``networks.*``); nothing is
-downloaded. The shards (``--shards``, ``--latents``) are local directories or object-storage URIs (``s3://``,
-``gs://``: ``gaia2.storage``); so may ``--out`` be (the job then works in ``<workdir>/evaluations/<name>`` and
-copies its output to the URI at the end); the cache is local.
+choice, clip length, evaluation size) under ``job.cache``, so evaluating another model reuses them, and a copy
+of the same build elsewhere (the fingerprint is of the contents). Pretrained networks load from local paths
+only (``networks.*``); nothing is downloaded. The shards (``--shards``, ``--latents``) are local directories or
+object-storage URIs (``s3://``, ``gs://``: ``gaia2.storage``); so may ``--out`` be (the job then works in
+``<workdir>/evaluations/<name>`` and copies its output to the URI at the end); the cache is local.
 
 Output (``job.out``, default ``<workdir>/evaluations/<name>``): ``generations/<model>/<key>/``,
-``measurements/<model>/``, ``evaluation.json`` (the report), and one MLflow run (experiment ``evaluation``) with
-every metric and its interval, plots, a grid of real vs generated frames and side-by-side videos; the scores are
-also set as tags on the evaluated registered model versions. ``--checkpoints`` evaluates every checkpoint of one
-training run (metrics against training step: Fig. 13); ``--promote ALIAS --by METRIC`` moves the alias to the
-evaluated version only when it beats the version the alias holds beyond the confidence intervals. The last line
-printed is one JSON object: the metrics by name, each with its interval and sample count.
+``measurements/<model>/``, ``evaluation.json`` (the report, with its ``protocol``), and one MLflow run (experiment
+``evaluation``) with every metric and its interval, ``evaluation/protocol.json``, plots, a grid of real vs
+generated frames and side-by-side videos; the scores are also set as tags on the evaluated registered model
+versions. ``--checkpoints`` evaluates every checkpoint of one training run (metrics against training step:
+Fig. 13); ``--promote ALIAS --by METRIC`` moves the alias to the evaluated version only when it beats the version
+the alias holds beyond the confidence intervals. The last line printed is one JSON object: the metrics by name,
+each with its interval and sample count.
 """
 
 from __future__ import annotations
@@ -95,14 +103,55 @@ class Networks(StrictModel):
 
 class Measure(StrictModel):
     """How videos are measured and on what resources."""
-    frames_per_video: int = Field(4, ge=1, description="frames per camera (spread evenly) for FDD and FID")
-    clips_per_video: int = Field(1, ge=1, description="16-frame clips per camera for FVD and FVMD")
+    frames_per_video: int | Literal["all"] = Field(4, description="frames per camera for FDD and FID: N spread "
+                                                                  "evenly over the video, or 'all' (every frame "
+                                                                  "of every camera, as nuScenes papers take FID)")
+    clips_per_video: int = Field(1, ge=1, description="clips per camera (spread evenly) for FVD (fvd_clip_frames "
+                                                      "long) and FVMD (16 frames, its paper's length)")
+    fvd_clip_frames: int = Field(16, ge=8, le=128, description="frames per FVD clip: 16, the FVD paper's and the "
+                                                               "nuScenes protocol's (some driving papers use 8 "
+                                                               "or 25)")
+    frame_sizes: dict[str, list[int]] = Field(default_factory=dict,
+                                              description="metric -> [H, W] real and generated frames are resized "
+                                                          "to (antialiased) before its network: the resolution a "
+                                                          "protocol evaluates at, e.g. nuScenes' 224 x 400 for fid "
+                                                          "and fvd (absent: as decoded)")
     fvmd_cells: int = Field(2, ge=1, le=8, description="FVMD's spatial cells per side")
     batch_size: int = Field(16, ge=1, description="images / clips per network call")
     rows_per_call: int = Field(2, ge=1, description="videos per actor call")
     concurrency: int = Field(1, ge=1, description="measuring actors (each loads the networks once)")
     num_gpus: float = Field(0, ge=0, description="GPUs per measuring actor")
     num_cpus: float = Field(1, gt=0, description="CPUs per measuring actor (and its torch threads on the CPU)")
+
+    @field_validator("frames_per_video")
+    @classmethod
+    def _frames(cls, value: int | str) -> int | str:
+        if value != "all" and value < 1:
+            raise ValueError(f"expected a count of at least 1 or 'all', got {value!r}")
+        return value
+
+    @field_validator("frame_sizes")
+    @classmethod
+    def _frame_sizes(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        for metric, size in value.items():
+            if metric not in ("fdd", "fid", "fvd", "fvmd"):
+                raise ValueError(f"{metric!r}: frame sizes are for fdd, fid, fvd or fvmd")
+            if len(size) != 2 or min(size) < 8:
+                raise ValueError(f"{metric}: expected [H, W] of at least 8 pixels, got {size}")
+        return value
+
+
+class Protocol(StrictModel):
+    """The published protocol the figures follow, recorded in ``evaluation.json`` and the MLflow run (with every
+    protocol-defining setting changed from its preset's) so that a reader knows what they compare with."""
+    name: str = Field("gaia2-tiny", min_length=1, description="the protocol's name")
+    summary: str = Field("", description="one line: what is measured, on what, at which settings")
+    frame_rate: float | None = Field(None, gt=0, description="Hz the protocol's videos are at: every evaluated "
+                                                             "sample's recorded frame_rate must be within 5 % "
+                                                             "(checked before generating); null: not checked")
+    samples: int | None = Field(None, ge=1, description="samples the protocol measures (nuScenes val: its 150 "
+                                                        "scenes); a different count is reported as a deviation")
+    citations: list[str] = Field(default_factory=list, description="papers and files the settings come from")
 
 
 class Generation(StrictModel):
@@ -128,6 +177,9 @@ class EvaluateJob(StrictModel):
     split: str = Field("val", min_length=1)
     samples: int | None = Field(None, ge=1, description="the first N samples of the split (keys sorted; all by "
                                                         "default; the paper: 1024)")
+    windows_per_clip: int | None = Field(None, ge=1, description="at most N windows of each source clip (e.g. a "
+                                                                 "nuScenes scene), its first ones, before "
+                                                                 "samples applies; null: every window")
     mode: Literal["scratch", "rollout", "edit"] = "scratch"
     context_steps: int = Field(3, ge=1)
     tau_start: float = Field(0.5, ge=0.0, le=1.0)
@@ -169,12 +221,20 @@ class EvaluateConfig(StrictModel):
     measure: Measure = Field(default_factory=Measure)
     networks: Networks = Field(default_factory=Networks)
     job: EvaluateJob = Field(default_factory=EvaluateJob)
+    protocol: Protocol = Field(default_factory=Protocol)
+
+
+GAIA2_PAPER = ("GAIA-2: A Controllable Multi-View Generative World Model for Autonomous Driving (Russell et al. "
+               "2025, arXiv:2503.20523), Sec. 6.2 and Fig. 13")
 
 
 def tiny() -> EvaluateConfig:
     """CPU, one actor each, few sampler steps; small resolutions for the tiny random feature networks."""
     return EvaluateConfig(preset="tiny", networks=Networks(resolutions={"fdd": [56, 112], "fvd": [64, 64]}),
-                          job=EvaluateJob(sampler_steps=10))
+                          job=EvaluateJob(sampler_steps=10),
+                          protocol=Protocol(name="gaia2-tiny", summary="a pipeline check: tiny random feature "
+                                                                       "networks at small sizes; the figures "
+                                                                       "compare with nothing published"))
 
 
 def paper() -> EvaluateConfig:
@@ -183,10 +243,80 @@ def paper() -> EvaluateConfig:
                                                                 num_gpus=1, num_cpus=4),
                           measure=Measure(frames_per_video=8, concurrency=4, num_gpus=1, num_cpus=4, batch_size=32),
                           job=EvaluateJob(samples=1024, world_model="models:/gaia2-world-model-paper@candidate",
-                                          tokenizer="models:/gaia2-tokenizer-paper@candidate"))
+                                          tokenizer="models:/gaia2-tokenizer-paper@candidate"),
+                          protocol=Protocol(name="gaia2-paper", samples=1024, citations=[GAIA2_PAPER],
+                                            summary="GAIA-2's own: the first 1,024 validation windows from "
+                                                    "scratch, 50 sampler steps, 8 frames per camera (FDD, FID) "
+                                                    "and one 16-frame clip per camera (FVD, FVMD), each network "
+                                                    "at its own resolution"))
 
 
-PRESETS = {"tiny": tiny, "paper": paper}
+NUSCENES_CITATIONS = [
+    "MagicDrive: Street View Generation with Diverse 3D Geometry Control (Gao et al., ICLR 2024, "
+    "arXiv:2310.02601): 224 x 400; FID over every val keyframe x 6 cameras (cure-lab/MagicDrive "
+    "tools/fid_score.py); video FVD on the whole val set, one sample each (cure-lab/MagicDrive issue #89)",
+    "W-CODA 2024 Track 2 evaluation (pixeli99/W-CODA2024-Track2 test_fvd.py, get_fvd_features_nusc.py): 150 val "
+    "scenes x 6 views, one 16-frame clip each, 12 Hz (nuscenes_interp_12Hz), frames at 224 x 400; StyleGAN-V's "
+    "I3D, shorter side to 224 and a centre crop",
+    "MagicDrive-V2 (Gao et al., arXiv:2411.13807) evaluates FVD with the W-CODA code (flymin/MagicDrive-V2 "
+    "issue #61)",
+    "OpenDWM (SenseTime-FVG/OpenDWM configs/ctsd/single_dataset/ctsd_35_tirda_bm_nusc_a.json, "
+    "src/dwm/metrics/fvd.py, src/dwm/pipelines/ctsd.py): nuScenes val at 256 x 448, FVD over the first 16 frames "
+    "of each view (TATS I3D i3d_pretrained_400.pt, bilinear 224 x 224, as here), FID over every generated frame "
+    "of every view (torchmetrics)",
+    "Alternatives: Panacea (arXiv:2311.16813) 256 x 512, 8 frames (wenyuqing/panacea configs/"
+    "inference_nuscenes.yaml); DriveDreamer-2 (arXiv:2403.06845) 256 x 448, 8 frames at 4 Hz "
+    "(f1yfisher/DriveDreamer2 configs/drivedreamer2_img_cond.py); Vista (arXiv:2405.17398) front camera "
+    "576 x 1024, 5,369 clips of 25 frames at 10 Hz, FID over 5,369 x 24 frames (OpenDriveLab/Vista issues #9, "
+    "#37); GEM (arXiv:2412.11198) Vista's clips (vita-epfl/GEM eval_utils.py)",
+]
+
+
+def nuscenes() -> EvaluateConfig:
+    """The nuScenes validation protocol of the open multi-view driving world models, so that our FID and FVD
+    compare with theirs (MagicDrive, MagicDrive-V2, OpenDWM and the papers that copy their tables).
+
+    Data: nuScenes v1.0-trainval's 150 official validation scenes, i.e. shards built with ``split.kind:
+    official`` from the ``nuscenes://`` source (``gaia2 shards build --source
+    nuscenes:///data/nuscenes?version=v1.0-trainval --config <config with split.kind: official>``), at the
+    cameras' own rate (12 Hz: ``protocol.frame_rate``, checked on every sample before generating), with windows
+    of at least 16 frames. One sample per scene (``job.windows_per_clip`` 1: its first window; 150 samples),
+    generated from scratch with 50 sampler steps, every camera of the rig (nuScenes: 6).
+
+    Measured as those papers do: real and generated frames both at 224 x 400 (``measure.frame_sizes``: MagicDrive's
+    resolution, and the W-CODA 2024 evaluation's), then
+      FID  over every frame of every camera (``frames_per_video`` "all"; MagicDrive's FID takes every val
+           keyframe of every camera, OpenDWM and Vista every generated frame), Inception at 299 x 299;
+      FVD  over one 16-frame clip per camera per scene (150 x 6 = 900 clips: W-CODA 2024 Track 2 test_fvd.py,
+           OpenDWM's ``sequence_count`` 16), I3D at 224 x 224.
+    Also FDD (GAIA-2's own, on the same frames) and the validation loss, which no other paper reports.
+
+    Where sources differ: FVD's I3D and its preprocessing here are cd-fvd's / TATS' (bilinear to 224 x 224), as
+    OpenDWM's; W-CODA uses StyleGAN-V's TorchScript I3D with a centre crop, so its numbers and ours differ by the
+    implementation. Other papers evaluate at their own generation resolution (Panacea 256 x 512, DriveDreamer-2
+    and OpenDWM 256 x 448, Vista 576 x 1024 front camera) with 8 or 25-frame clips (``fvd_clip_frames``) and
+    other clip counts (Vista: 5,369); their figures compare only roughly. Sources: ``NUSCENES_CITATIONS``."""
+    return EvaluateConfig(preset="nuscenes", generation=Generation(precision="bf16", batch_size=2, concurrency=8,
+                                                                   num_gpus=1, num_cpus=4),
+                          measure=Measure(frames_per_video="all", clips_per_video=1, fvd_clip_frames=16,
+                                          frame_sizes={"fid": [224, 400], "fvd": [224, 400]},
+                                          concurrency=4, num_gpus=1, num_cpus=4, batch_size=32),
+                          networks=Networks(resolutions={"fid": [299, 299], "fvd": [224, 224]}),
+                          job=EvaluateJob(split="val", windows_per_clip=1, mode="scratch", sampler_steps=50,
+                                          metrics="fid,fvd,fdd,loss"),
+                          protocol=Protocol(name="nuscenes-val-multiview", frame_rate=12.0, samples=150,
+                                            citations=list(NUSCENES_CITATIONS),
+                                            summary="nuScenes val, one window per scene (150), 12 Hz, every "
+                                                    "camera: FID over every frame and FVD over one 16-frame "
+                                                    "clip per camera, frames at 224 x 400"))
+
+
+PRESETS = {"tiny": tiny, "paper": paper, "nuscenes": nuscenes}
+# The settings a protocol is defined by: one changed from the preset's is a deviation in the report.
+PROTOCOL_FIELDS = ("job.split", "job.samples", "job.windows_per_clip", "job.mode", "job.sampler_steps",
+                   "measure.frames_per_video", "measure.clips_per_video", "measure.fvd_clip_frames",
+                   "measure.frame_sizes", "networks.resolutions", "protocol.name", "protocol.frame_rate",
+                   "protocol.samples")
 # Report names of the metrics, and which way is better.
 LOWER_IS_BETTER = {"fdd", "fid", "fvd", "fvmd", "val_loss"}
 HIGHER_IS_BETTER = {"agent_iou", "action_speed_spearman", "action_curvature_sign_agreement"}
@@ -257,6 +387,45 @@ def run(cfg: EvaluateConfig) -> dict:
 
 def protocol_digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _setting(cfg: EvaluateConfig, path: str):
+    value = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def protocol_record(cfg: EvaluateConfig, digest: str, samples: int, cameras: Sequence[str] = ()) -> dict:
+    """The ``protocol`` of the report and the MLflow run: which protocol the figures follow (name, summary,
+    sources), its settings as run, per distance the frames, clip length and sizes it saw, and ``deviations``:
+    every protocol-defining setting changed from the preset's and a sample count other than the protocol's.
+    Figures compare with the cited ones only where ``conforms`` is true. ``digest``: the identity of the whole
+    evaluation (data, keys, sampler, networks; what promotion compares)."""
+    from gaia2.evaluation.features import STANDARD_RESOLUTIONS
+
+    p, m, job = cfg.protocol, cfg.measure, cfg.job
+    preset = PRESETS[cfg.preset]()
+    deviations = [f"{path}: {_setting(cfg, path)!r} (the protocol's {_setting(preset, path)!r})"
+                  for path in PROTOCOL_FIELDS if _setting(cfg, path) != _setting(preset, path)]
+    if p.samples is not None and samples != p.samples:
+        deviations.append(f"samples: {samples} evaluated (the protocol's {p.samples})")
+    metrics = {}
+    for metric in wanted(cfg):
+        if metric not in ("fdd", "fid", "fvd", "fvmd"):
+            continue
+        entry: dict = {"frame_size": m.frame_sizes.get(metric)}
+        if metric in ("fdd", "fid", "fvd"):
+            entry["network_resolution"] = list(cfg.networks.resolutions.get(metric, STANDARD_RESOLUTIONS[metric]))
+        if metric in ("fdd", "fid"):
+            entry["frames_per_camera"] = m.frames_per_video
+        else:
+            entry.update(clip_frames=m.fvd_clip_frames if metric == "fvd" else 16, clips_per_camera=m.clips_per_video)
+        metrics[metric] = entry
+    return {"name": p.name, "preset": cfg.preset, "summary": p.summary, "digest": digest,
+            "conforms": not deviations, "deviations": deviations, "split": job.split, "mode": job.mode,
+            "sampler_steps": job.sampler_steps, "samples": samples, "windows_per_clip": job.windows_per_clip,
+            "frame_rate": p.frame_rate, "cameras": list(cameras), "metrics": metrics, "citations": list(p.citations)}
 
 
 def summary(report: dict) -> str:

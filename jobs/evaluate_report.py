@@ -132,10 +132,15 @@ def track(report: dict, cfg, out: str, holder, run_file_in: str | None = None) -
         report.update(run_id=run_id, tracking_uri=storage.redact(tracking_uri(job.workdir)))
         if new:
             log_config(cfg.model_dump())
-        mlflow.set_tags({"gaia2.eval.protocol": report["protocol"], "gaia2.eval.mode": job.mode,
+        protocol = report["protocol"]
+        mlflow.set_tags({"gaia2.eval.protocol": protocol["digest"], "gaia2.eval.protocol.name": protocol["name"],
+                         "gaia2.eval.protocol.conforms": str(protocol["conforms"]).lower(),
+                         "gaia2.eval.mode": job.mode,
                          "gaia2.eval.split": job.split, "gaia2.eval.tracker": cfg.networks.tracker,
                          "gaia2.eval.dataset": report["dataset"][:16],
                          **{f"gaia2.eval.model.{c['tag']}": c["world_model"] for c in report["candidates"]}})
+        # what the figures follow, in full: settings, sources, deviations from the preset
+        mlflow.log_dict(protocol, "evaluation/protocol.json")
         several = len([c for c in report["candidates"] if c["role"] == "evaluated"]) > 1
         for cand in report["candidates"]:
             values = {}
@@ -175,8 +180,8 @@ def tag_version(cand: dict, report: dict, run_id: str) -> str | None:
         return None
     name, version = model_version_of(ref)
     client = MlflowClient()
-    tags = {f"{TAG_PREFIX}protocol": report["protocol"], f"{TAG_PREFIX}run_id": run_id,
-            f"{TAG_PREFIX}mode": report["mode"]}
+    tags = {f"{TAG_PREFIX}protocol": report["protocol"]["digest"], f"{TAG_PREFIX}run_id": run_id,
+            f"{TAG_PREFIX}protocol.name": report["protocol"]["name"], f"{TAG_PREFIX}mode": report["mode"]}
     for metric, m in cand["metrics"].items():
         if not _finite(m.get("value")):
             continue

@@ -23,13 +23,14 @@ import numpy as np
 
 from gaia2 import storage
 from jobs.evaluate import (REPORT_FILE, EvaluateConfig, EvaluationError, metric_names, protocol_digest,
-                           wanted)
+                           protocol_record, wanted)
 from jobs.evaluate_models import Candidate, checkpoint_candidates, recorded_step, tag_for
 from pipelines.evaluation.cache import FeatureCache, dataset_fingerprint, path_digest
 from pipelines.evaluation.measure import CLIP_METRICS, FRAME_METRICS, MOTION_METRIC, Settings, pack, unpack
 
 MEASURED = ("fdd", "fid", "fvd", "fvmd", "iou", "action")   # the measurements of a video (loss is not one)
 MEASURE_VERSION = "1"                                       # bump when a measurement's code changes its numbers
+FRAME_RATE_TOLERANCE = 0.05                                 # relative: a sample's frame_rate vs protocol.frame_rate
 
 
 def say(line: str) -> None:
@@ -48,8 +49,9 @@ class Evaluation:
         from pipelines.evaluation.samples import SampleError, ShardIndex
 
         job = self.job
-        items = shard_items(job.latents, job.split, job.samples, job.mode, job.seed, job.sampler_steps,
-                            job.context_steps, job.tau_start)
+        # With windows_per_clip the selection needs every key (and the pixel shards' clip ids) before the limit.
+        items = shard_items(job.latents, job.split, None if job.windows_per_clip else job.samples, job.mode,
+                            job.seed, job.sampler_steps, job.context_steps, job.tau_start)
         try:
             real = ShardIndex(job.shards, job.split)
         except SampleError as err:
@@ -59,7 +61,42 @@ class Evaluation:
             raise EvaluationError(f"shards {storage.redact(job.shards)!r}: split {job.split!r} lacks {len(missing)} "
                                   f"of the latent shards' samples (e.g. {missing[:3]}); give the pixel shards the "
                                   f"latents were encoded from")
+        if job.windows_per_clip:
+            from pipelines.evaluation.samples import first_windows
+
+            unknown = [i.name for i in items if i.name not in real.clip]
+            if unknown:
+                raise EvaluationError(f"job.windows_per_clip: the index of shards {storage.redact(job.shards)!r} "
+                                      f"names no clip for {len(unknown)} samples (e.g. {unknown[:3]}); rebuild them "
+                                      f"with gaia2 shards build, or leave windows_per_clip null")
+            keep = set(first_windows([i.name for i in items], real.clip, real.window, job.windows_per_clip))
+            items = [i for i in items if i.name in keep][:job.samples]
+        self._check_frame_rate(real, [i.name for i in items])
         return items
+
+    def _check_frame_rate(self, real, keys: list[str]) -> None:
+        """A protocol defined at a frame rate (nuScenes: the cameras' 12 Hz) is not followed by shards cut at
+        another (a 16-frame clip at 2 Hz spans 8 s, not 1.3 s): refused before anything is generated."""
+        from pipelines.evaluation.samples import SampleError
+
+        want = self.cfg.protocol.frame_rate
+        if want is None:
+            return
+        off = []
+        for key in keys:
+            try:
+                rate = json.loads(real.members(key, ("json",))["json"]).get("frame_rate")
+            except (SampleError, ValueError) as err:
+                raise EvaluationError(f"protocol.frame_rate: cannot read sample {key!r}'s frame rate ({err})") \
+                    from None
+            if not rate or abs(float(rate) / want - 1) > FRAME_RATE_TOLERANCE:
+                off.append(f"{key} at {rate} Hz")
+        if off:
+            raise EvaluationError(
+                f"protocol.frame_rate: the {self.cfg.protocol.name} protocol's videos are at {want:g} Hz, but "
+                f"{len(off)} of the {len(keys)} samples are not (e.g. {', '.join(off[:3])}); build the shards at "
+                f"{want:g} Hz (window.grid_hz), or --set protocol.frame_rate=null to evaluate anyway (the report "
+                f"then lists it among the protocol's deviations)")
 
     def candidates(self, out: str) -> list[Candidate]:
         from jobs.registry import registered_version
@@ -80,7 +117,8 @@ class Evaluation:
         tracker = n.tracker if n.tracker == "lucas-kanade" else os.path.abspath(n.tracker)
         return Settings(networks=networks, resolutions={k: list(v) for k, v in n.resolutions.items()},
                         tracker=tracker, fvmd_cells=m.fvmd_cells, frames_per_video=m.frames_per_video,
-                        clips_per_video=m.clips_per_video, batch_size=m.batch_size)
+                        clips_per_video=m.clips_per_video, fvd_clip_frames=m.fvd_clip_frames,
+                        frame_sizes={k: list(v) for k, v in m.frame_sizes.items()}, batch_size=m.batch_size)
 
     def fingerprints(self, settings: Settings) -> dict[str, str]:
         """Each measurement's identity (what determines its numbers), loading each network once here: a bad path
@@ -90,15 +128,20 @@ class Evaluation:
 
         s, out = settings, {}
         for metric in self.measured:
+            # what else decides the numbers; written only when not the default, so older caches stay valid
+            sized = f"|size={'x'.join(map(str, s.frame_sizes[metric]))}" if metric in s.frame_sizes else ""
             if metric in FRAME_METRICS + CLIP_METRICS:
                 size = tuple(s.resolutions[metric]) if metric in s.resolutions else None
-                extractor = load_extractor(metric, s.networks[metric], "cpu", size, s.batch_size)
-                pick = f"frames={s.frames_per_video}" if metric in FRAME_METRICS else f"clips={s.clips_per_video}"
-                out[metric] = f"{extractor.fingerprint}|{pick}|v{MEASURE_VERSION}"
+                extractor = load_extractor(metric, s.networks[metric], "cpu", size, s.batch_size,
+                                           clip_frames=s.fvd_clip_frames)
+                pick = f"frames={s.frames_per_video}" if metric in FRAME_METRICS else f"clips={s.clips_per_video}" + (
+                    f"|length={s.fvd_clip_frames}" if s.fvd_clip_frames != 16 else "")
+                out[metric] = f"{extractor.fingerprint}|{pick}{sized}|v{MEASURE_VERSION}"
             elif metric == MOTION_METRIC:
                 tracker = load_tracker(s.tracker)
                 weights = path_digest(s.tracker) if os.path.exists(s.tracker) else ""
-                out[metric] = f"{tracker.name}|{weights}|cells={s.fvmd_cells}|clips={s.clips_per_video}|v{MEASURE_VERSION}"
+                out[metric] = (f"{tracker.name}|{weights}|cells={s.fvmd_cells}|clips={s.clips_per_video}{sized}"
+                               f"|v{MEASURE_VERSION}")
             elif metric == "iou":
                 from gaia2.evaluation.agent_iou import load_segmenter
 
@@ -154,8 +197,10 @@ class Evaluation:
             for cand in candidates:
                 losses[cand.tag] = self.loss(models[cand.tag].world_model, out, cand.tag)
         results = []
+        cameras: set[str] = set()   # the cameras measured, for the protocol record
         for cand in candidates:
             fake = {k: _read(os.path.join(fake_dirs[cand.tag], f"{k}.npz")) for k in keys}
+            cameras.update(str(c) for v in fake.values() if v is not None for c in v["cameras"])
             if self.measured and not any(v is not None for v in fake.values()):
                 first = next((f for f in failures if f["model"] == cand.tag), None)
                 raise EvaluationError(
@@ -168,7 +213,8 @@ class Evaluation:
             results.append({"tag": cand.tag, "role": cand.role, "world_model": cand.world_model, "step": step,
                             "checkpoint": cand.source, "models": models[cand.tag].record, "metrics": metrics,
                             "counts": counts})
-        report = {"name": name, "out": storage.redact(target) if target else out, "protocol": protocol,
+        report = {"name": name, "out": storage.redact(target) if target else out,
+                  "protocol": protocol_record(cfg, protocol, len(keys), sorted(cameras)),
                   "dataset": dataset, "split": job.split,
                   "mode": job.mode, "metrics_asked": self.metrics, "metric_names": metric_names(self.metrics),
                   "tracker": settings.tracker, "fingerprints": fingerprints, "candidates": results,

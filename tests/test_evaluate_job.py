@@ -133,10 +133,34 @@ def test_the_run_is_tracked_with_plots_grid_videos_and_the_report(evaluated):
         assert name in run.data.metrics and f"{name}_n" in run.data.metrics
     assert any(k.startswith("val_loss_tau_") for k in run.data.metrics)
     listed = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/grid.png", "evaluation/val_loss_by_tau.png", "evaluation/evaluation.json"} <= listed
+    assert {"evaluation/grid.png", "evaluation/val_loss_by_tau.png", "evaluation/evaluation.json",
+            "evaluation/protocol.json"} <= listed
     videos = client.list_artifacts(run.info.run_id, "evaluation/videos")
     assert len(videos) == 3 and all(v.path.endswith(".mp4") for v in videos)
     assert run.data.tags["gaia2.eval.tracker"] == "lucas-kanade"
+    protocol = evaluated["report"]["protocol"]
+    assert run.data.tags["gaia2.eval.protocol"] == protocol["digest"]
+    assert (run.data.tags["gaia2.eval.protocol.name"], run.data.tags["gaia2.eval.protocol.conforms"]) == \
+        ("gaia2-tiny", "false")
+    assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/protocol.json") == protocol
+
+
+def test_the_report_says_which_protocol_the_figures_follow(evaluated):
+    """The tiny preset's protocol with this run's settings: --samples 3 and 2 frames per camera are deviations
+    from it, named; per distance the frames, clip length and sizes the networks saw."""
+    protocol = evaluated["report"]["protocol"]
+    assert (protocol["name"], protocol["preset"], protocol["samples"], protocol["split"]) == ("gaia2-tiny", "tiny",
+                                                                                              3, "val")
+    assert len(protocol["digest"]) == 16 and not protocol["conforms"]
+    assert protocol["deviations"] == ["job.samples: 3 (the protocol's None)", "job.sampler_steps: 3 (the protocol's "
+                                      "10)", "measure.frames_per_video: 2 (the protocol's 4)"]
+    assert len(protocol["cameras"]) == 5 and protocol["citations"] == []
+    metrics = protocol["metrics"]
+    assert set(metrics) == {"fdd", "fid", "fvd", "fvmd"}
+    assert metrics["fdd"] == {"frame_size": None, "network_resolution": [56, 112], "frames_per_camera": 2}
+    assert metrics["fvd"] == {"frame_size": None, "network_resolution": [64, 64], "clip_frames": 16,
+                              "clips_per_camera": 1}
+    assert metrics["fid"]["network_resolution"] == [299, 299] and metrics["fvmd"]["clip_frames"] == 16
 
 
 def test_another_model_reuses_the_real_features_and_a_rerun_redoes_nothing(evaluated, nets, tokenizer_shards,

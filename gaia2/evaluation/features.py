@@ -38,6 +38,7 @@ from torch import nn
 STANDARD_RESOLUTIONS: dict[str, tuple[int, int]] = {"fdd": (448, 952), "fid": (299, 299), "fvd": (224, 224)}
 TINY_RESOLUTIONS: dict[str, tuple[int, int]] = {"fdd": (56, 112), "fid": (299, 299), "fvd": (64, 64)}
 CLIP_FRAMES = 16
+MIN_CLIP_FRAMES = 8      # the shortest FVD clip in the driving literature (Panacea, DriveDreamer-2)
 EXPECTED = {
     "fdd": "a DINOv2 ViT-L/14 checkpoint directory saved with transformers' save_pretrained (config.json, "
            "model.safetensors), e.g. facebook/dinov2-large",
@@ -194,8 +195,9 @@ class InceptionFeatures(FeatureExtractor):
 
 
 class I3DFeatures(FeatureExtractor):
-    """FVD: cd-fvd's I3D logits (400, averaged over time and space) of 16-frame clips resized bilinearly and
-    scaled to [-1, 1], as ``cdfvd.third_party.i3d.utils.preprocess_i3d`` does."""
+    """FVD: cd-fvd's I3D logits (400, averaged over time and space) of ``clip_frames``-frame clips (16 unless
+    ``load_extractor`` says otherwise) resized bilinearly and scaled to [-1, 1], as
+    ``cdfvd.third_party.i3d.utils.preprocess_i3d`` does."""
     metric, name, input, clip_frames = "fvd", "i3d", "clips", CLIP_FRAMES
     preprocessing = "fvd/1: bilinear resize (no antialias), 2x/255-1, (B,C,T,H,W); logits, global average pool"
 
@@ -232,9 +234,11 @@ EXTRACTORS: dict[str, type[FeatureExtractor]] = {
 
 
 def load_extractor(metric: str, path: str, device: str = "cpu", resolution: tuple[int, int] | None = None,
-                   batch_size: int = 16) -> FeatureExtractor:
+                   batch_size: int = 16, clip_frames: int = CLIP_FRAMES) -> FeatureExtractor:
     """The feature network of ``metric`` ("fdd", "fid", "fvd") from the local ``path`` (see ``EXPECTED``), on
-    ``device``, taking inputs to ``resolution`` (None: the metric's standard one) -> its ``FeatureExtractor``."""
+    ``device``, taking inputs to ``resolution`` (None: the metric's standard one) -> its ``FeatureExtractor``.
+    ``clip_frames``: FVD's clip length (16, the FVD paper's; nuScenes papers also use 8 or 25: I3D pools over
+    time, so any length of at least ``MIN_CLIP_FRAMES`` gives a 400-d feature)."""
     if metric not in EXTRACTORS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(EXTRACTORS)}")
     res = STANDARD_RESOLUTIONS[metric] if resolution is None else tuple(int(v) for v in resolution)
@@ -242,7 +246,12 @@ def load_extractor(metric: str, path: str, device: str = "cpu", resolution: tupl
         raise ValueError(f"{metric}: resolution must be (H, W) of positive ints, got {resolution}")
     if batch_size < 1:
         raise ValueError(f"{metric}: batch_size must be >= 1, got {batch_size}")
-    return EXTRACTORS[metric].load(Path(path), device, res, batch_size)
+    if clip_frames < MIN_CLIP_FRAMES:
+        raise ValueError(f"{metric}: clip_frames must be >= {MIN_CLIP_FRAMES}, got {clip_frames}")
+    extractor = EXTRACTORS[metric].load(Path(path), device, res, batch_size)
+    if extractor.input == "clips":
+        extractor.clip_frames = int(clip_frames)
+    return extractor
 
 
 def _scaled_init(model: nn.Module) -> None:

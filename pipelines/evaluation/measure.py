@@ -6,7 +6,9 @@
 A row names a video: ``side`` "real" (a key of the pixel shards) or "fake" (a generation folder), the cameras to
 keep (a generation's rig, which may be fewer than the sample's), and the measurements wanted of it. The actor
 loads the feature networks once; per video it decodes every camera, picks the frames (``frames_per_video`` per
-camera, spread evenly) and 16-frame clips (``clips_per_video`` per camera) and returns, as one ``npz`` blob:
+camera, spread evenly, or "all"), the FVD clips (``clips_per_video`` per camera of ``fvd_clip_frames`` frames)
+and FVMD's 16-frame clips, resizes them to a protocol's evaluation size where ``frame_sizes`` names one for the
+metric (both sides alike), and returns, as one ``npz`` blob:
 
     <metric>            (n, D) float32 features of the frames (fdd, fid) or clips (fvd, fvmd)
     <metric>.camera     (n,) index into ``cameras``: which camera each feature row came from
@@ -28,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipelines.evaluation.samples import (SampleError, ShardIndex, clip_starts, frame_indices, generated_video,
-                                          real_video)
+                                          real_video, resize_frames)
 
 FRAME_METRICS = ("fdd", "fid")       # Fréchet distances over per-frame features
-CLIP_METRICS = ("fvd",)              # over 16-frame clip features from a network
-MOTION_METRIC = "fvmd"               # over 16-frame clip motion features from a tracker
+CLIP_METRICS = ("fvd",)              # over clip features from a network (fvd_clip_frames long)
+MOTION_METRIC = "fvmd"               # over 16-frame clip motion features from a tracker (the FVMD paper's length)
 CLIP_FRAMES = 16
 
 
@@ -43,8 +45,10 @@ class Settings:
     resolutions: dict[str, list[int]] = field(default_factory=dict)  # metric -> [H, W] (default: the metric's own)
     tracker: str = "lucas-kanade"                                    # FVMD's point tracker: name or local path
     fvmd_cells: int = 2
-    frames_per_video: int = 4
+    frames_per_video: int | str = 4                                  # or "all": every frame of every camera
     clips_per_video: int = 1
+    fvd_clip_frames: int = CLIP_FRAMES
+    frame_sizes: dict[str, list[int]] = field(default_factory=dict)  # metric -> [H, W] frames are first resized to
     batch_size: int = 16
 
     def to_json(self) -> dict:
@@ -92,7 +96,7 @@ class MeasureVideos:
         self.s = Settings.from_json(settings)
         self.device = device
         self.extractors = {m: load_extractor(m, p, device, tuple(self.s.resolutions[m]) if m in self.s.resolutions
-                                             else None, self.s.batch_size)
+                                             else None, self.s.batch_size, clip_frames=self.s.fvd_clip_frames)
                            for m, p in self.s.networks.items() if m in FRAME_METRICS + CLIP_METRICS}
         self.tracker = load_tracker(self.s.tracker)
         self.segmenter = None
@@ -118,21 +122,25 @@ class MeasureVideos:
         n, f = frames.shape[:2]
         out: dict[str, np.ndarray] = {"cameras": np.asarray(cameras, dtype=str)}
         picks = frame_indices(f, self.s.frames_per_video)
-        starts = clip_starts(f, CLIP_FRAMES, self.s.clips_per_video)
         for metric in wants:
+            size = self.s.frame_sizes.get(metric)
             if metric in FRAME_METRICS:
                 items = frames[:, picks].reshape(-1, *frames.shape[2:])
+                items = items if size is None else resize_frames(items, size)
                 out[metric] = self.extractors[metric].extract(items).astype(np.float32)
                 out[f"{metric}.camera"] = np.repeat(np.arange(n), len(picks))
             elif metric in CLIP_METRICS + (MOTION_METRIC,):
+                length = CLIP_FRAMES if metric == MOTION_METRIC else self.s.fvd_clip_frames
+                starts = clip_starts(f, length, self.s.clips_per_video)
                 if not starts:
-                    raise SampleError(f"{side} video of {key!r}: {f} frames, fewer than the {CLIP_FRAMES} of a "
+                    raise SampleError(f"{side} video of {key!r}: {f} frames, fewer than the {length} of a "
                                       f"{metric.upper()} clip")
-                clips = np.stack([frames[c, s:s + CLIP_FRAMES] for c in range(n) for s in starts])
+                clips = np.stack([frames[c, s:s + length] for c in range(n) for s in starts])
+                clips = clips if size is None else resize_frames(clips, size)
                 if metric == MOTION_METRIC:
                     from gaia2.evaluation.fvmd import video_features
 
-                    feats = video_features(list(clips), self.tracker, self.s.fvmd_cells, CLIP_FRAMES)
+                    feats = video_features(list(clips), self.tracker, self.s.fvmd_cells, length)
                 else:
                     feats = self.extractors[metric].extract(clips)
                 out[metric] = np.asarray(feats, np.float32)

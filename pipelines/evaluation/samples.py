@@ -3,7 +3,7 @@
     index = ShardIndex("shards")                       # key -> tar, from the build's index/*.json (or s3://...)
     real = real_video(index, "drive0-clip1-w0002")     # Video: frames (N, F, H, W, 3), the sample's json
     fake = generated_video("out/generations/model/drive0-clip1-w0002")
-    frames, clips = frame_indices(F, 4), clip_indices(F, 16)
+    frames, starts = frame_indices(F, 4), clip_starts(F, 16, 1)   # or frame_indices(F, "all")
 
 Both are read the same way (each camera's mp4 decoded whole, at the size it was written), so the features of the
 two sides differ only by what is in them. Shards are read through ``gaia2.storage`` (a local directory or an
@@ -49,6 +49,8 @@ class ShardIndex:
         self.root, self.what = storage.absolute(root), what
         self.where: dict[str, str] = {}      # key -> its tar (a path or URI)
         self.split: dict[str, str] = {}      # key -> its split
+        self.clip: dict[str, str] = {}       # key -> its source clip (e.g. a nuScenes scene), where the index says
+        self.window: dict[str, int] = {}     # key -> its window's index within that clip
         self._tables: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}   # tar -> key -> member -> (offset, size)
         where = storage.redact(self.root)
         index_dir = storage.join(self.root, "index")
@@ -63,6 +65,9 @@ class ShardIndex:
                 for row in rows:
                     self.where[str(row["key"])] = tar
                     self.split[str(row["key"])] = split_name
+                    if row.get("clip_id") is not None:
+                        self.clip[str(row["key"])] = str(row["clip_id"])
+                        self.window[str(row["key"])] = int(row.get("window") or 0)
         except (OSError, ValueError) as err:   # StorageError, a refused request, an unreadable index
             raise SampleError(f"{what} {where!r}: cannot be read ({storage.redact(str(err))})") from None
         if not self.where:
@@ -180,9 +185,24 @@ def generated_video(folder: str, key: str | None = None) -> Video:
         "cameras", []), spec)
 
 
-def frame_indices(frames: int, count: int) -> np.ndarray:
-    """``count`` frame indices spread evenly over ``frames`` (all of them when there are fewer)."""
-    if count >= frames:
+def first_windows(keys: list[str], clip: dict[str, str], window: dict[str, int], per_clip: int) -> list[str]:
+    """Of ``keys``, the first ``per_clip`` windows of each source clip (by window index, then key), in key order:
+    one sample per nuScenes validation scene with ``per_clip`` 1. A key without a clip is its own clip."""
+    order = sorted(keys, key=lambda k: (clip.get(k, k), window.get(k, 0), k))
+    taken: dict[str, int] = {}
+    kept = set()
+    for k in order:
+        c = clip.get(k, k)
+        if taken.get(c, 0) < per_clip:
+            taken[c] = taken.get(c, 0) + 1
+            kept.add(k)
+    return [k for k in keys if k in kept]
+
+
+def frame_indices(frames: int, count: int | str) -> np.ndarray:
+    """``count`` frame indices spread evenly over ``frames`` (all of them when there are fewer, or ``count`` is
+    "all")."""
+    if count == "all" or count >= frames:
         return np.arange(frames)
     return np.unique(np.round(np.linspace(0, frames - 1, count)).astype(int))
 
@@ -193,3 +213,21 @@ def clip_starts(frames: int, length: int, count: int) -> list[int]:
     if n <= 0:
         return []
     return [int(s) for s in np.round(np.linspace(0, frames - length, n)).astype(int)]
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | list[int]) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., h, w, 3) uint8 at ``size`` = (h, w): antialiased bilinear (area-like when
+    shrinking, as a protocol's real frames are brought to its generation resolution); unchanged at that size."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = (int(v) for v in size)
+    if frames.shape[-3:-1] == (h, w):
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = np.empty((len(flat), h, w, 3), np.uint8)
+    for i in range(0, len(flat), 16):   # in float32 a chunk at a time: every frame of a video at once is GBs
+        x = torch.from_numpy(np.ascontiguousarray(flat[i:i + 16])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        out[i:i + 16] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out.reshape(*frames.shape[:-3], h, w, 3)
