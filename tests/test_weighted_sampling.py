@@ -159,18 +159,22 @@ def _expected_keys(shards: str, seed: int, epoch: int, rank: int = 0, world: int
     return [keys[i] for i in worker_draws(epoch_draws(weights, seed, epoch), rank, world)]
 
 
-def _sample_json(shards: str) -> dict[str, dict]:
-    """Every sample's json by key (read through the shard index, as the loaders read)."""
+def _members(shards: str, member: str) -> dict[str, bytes]:
+    """One member of every sample, by key (read through the shard index, as the loaders read)."""
     out = {}
     for split in ("train", "val"):
         for name in sorted(os.listdir(os.path.join(shards, split))):
             url = os.path.join(shards, split, name)
             with open(url, "rb") as f:
                 for key, members in shard_index(url).items():
-                    _, offset, size = next(m for m in members if m[0] == "json")
+                    _, offset, size = next(m for m in members if m[0] == member)
                     f.seek(offset)
-                    out[key] = json.loads(f.read(size))
+                    out[key] = f.read(size)
     return out
+
+
+def _sample_json(shards: str) -> dict[str, dict]:
+    return {key: json.loads(data) for key, data in _members(shards, "json").items()}
 
 
 def test_the_tokenizer_loader_yields_the_weighted_draws(ray_session, tokenizer_shards, tmp_path):
@@ -197,17 +201,8 @@ def test_the_tokenizer_loader_yields_the_weighted_draws(ray_session, tokenizer_s
 
 def _fingerprints(shards: str, cameras: int) -> dict[bytes, str]:
     """The world-model samples' latents (first ``cameras`` cameras, as ``to_samples`` keeps them) -> key."""
-    out = {}
-    for split in ("train", "val"):
-        for name in sorted(os.listdir(os.path.join(shards, split))):
-            url = os.path.join(shards, split, name)
-            with open(url, "rb") as f:
-                for key, members in shard_index(url).items():
-                    _, offset, size = next(m for m in members if m[0] == "latents.npy")
-                    f.seek(offset)
-                    latents = np.load(io.BytesIO(f.read(size)))
-                    out[np.ascontiguousarray(latents[:, :cameras], np.float32).tobytes()] = key
-    return out
+    return {np.ascontiguousarray(np.load(io.BytesIO(data))[:, :cameras], np.float32).tobytes(): key
+            for key, data in _members(shards, "latents.npy").items()}
 
 
 def test_the_world_model_loader_yields_the_weighted_draws(ray_session, latent_shards, tmp_path):
