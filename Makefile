@@ -28,4 +28,4 @@ bench: venv
 	$(PY) benchmarks/shards.py
 
 clean:
-	rm -rf $(VENV) gaia2-quickstart .pytest_cache
+	rm -rf $(VENV) .venv-nuscenes-devkit gaia2-quickstart .pytest_cache

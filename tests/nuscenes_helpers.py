@@ -267,6 +267,13 @@ def write_dataset(root: str, version: str = "v1.0-mini", scenes: list[Scene] = S
                 if ch != "LIDAR_TOP":
                     truth.rects[(ch, t)] = _draw(os.path.join(root, filename), scene, ch, t, sample, key, quality)
                     truth.frames[(ch, t)] = (sample, key)
+    # One map per location, its mask a PNG (the devkit's loader opens the table's first map).
+    for location in sorted({log["location"] for log in tables["log"]}):
+        tok = token("map", location)
+        tables["map"].append({"token": tok, "category": "semantic_prior", "filename": f"maps/{tok}.png",
+                              "log_tokens": [log["token"] for log in tables["log"] if log["location"] == location]})
+        os.makedirs(os.path.join(root, "maps"), exist_ok=True)
+        Image.new("L", (8, 8), 255).save(os.path.join(root, "maps", f"{tok}.png"))
     for name, rows in tables.items():
         with open(os.path.join(root, version, f"{name}.json"), "w") as f:
             json.dump(rows, f, indent=0)

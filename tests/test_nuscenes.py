@@ -296,6 +296,10 @@ def test_build_from_nuscenes(local_build, dataset):
     assert acc["windows_written"] == windows and report["splits"]["train"] > 0 and report["splits"]["val"] > 0
     assert report["split"] == {"kind": "official", "lists": "nuscenes-v1.0-mini"}
     assert report["source"]["categories"]["unknown"] == {"vehicle.hovercraft": 5}
+    from pipelines.shards.verify import verify_build
+
+    verified = verify_build(out, _source(dataset))
+    assert verified["ok"] and verified["checks"]["official_split"], verified["problems"]
     samples = _members(out)
     assert len(samples) == windows
     compared = 0

@@ -17,6 +17,7 @@ from importlib import resources
 
 from gaia2 import storage
 
+SPLIT_LISTS_FILE = "split_lists.json"   # a build's copy of the lists it split by
 # packaged name -> (train list, val list) in nuscenes_splits.json
 PACKAGED = {"nuscenes-v1.0-trainval": ("train", "val"), "nuscenes-v1.0-mini": ("mini_train", "mini_val"),
             "nuscenes-v1.0-test": (None, None)}
@@ -52,6 +53,13 @@ class OfficialSplit:
         if both:
             raise SplitListError(f"split.lists: {len(both)} clip id(s) in both train and val, e.g. {both[:3]}")
         return cls(storage.redact(lists), frozenset(data["train"]), frozenset(data["val"]))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "train": sorted(self.train), "val": sorted(self.val)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "OfficialSplit":
+        return cls(str(data["name"]), frozenset(data["train"]), frozenset(data["val"]))
 
     def split_of(self, clip_id: str) -> str | None:
         """"train", "val", or None for a clip in neither list."""

@@ -336,8 +336,9 @@ def _boxes(frames_of: list[tuple[str, list[dict]]], samples: dict[str, dict], an
         rot = np.stack([quaternion(a.get("rotation"), f"sample_annotation {a.get('token')!r}.rotation") for a in curr])
         prev = samples.get(sample.get("prev") or "")
         if not sd.get("is_key_frame") and prev is not None:
-            t0, t1 = _seconds(prev, "sample"), _seconds(sample, "sample")
-            tc = max(t0, min(t1, time))
+            _seconds(prev, "sample"), _seconds(sample, "sample")   # integers, or the scene's reject
+            t0, t1 = prev["timestamp"], sample["timestamp"]       # microseconds, exact (as the devkit's)
+            tc = max(t0, min(t1, sd["timestamp"]))
             amount = (tc - t0) / (t1 - t0) if t1 > t0 else 1.0
             before = {a.get("instance_token"): a for a in anns_of.get(prev["token"], ())}
             idx = [j for j, a in enumerate(curr) if a.get("instance_token") in before]

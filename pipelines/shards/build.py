@@ -12,7 +12,7 @@ Output directory:
     rejects.parquet              one row per rejected clip, failed window or window not selected: the stage,
                                  reason and detail (pipelines/rejects.py)
     report.json, plots/*.png     counts, cell distributions and entropies, split counts, reasons
-    config.yaml, geofences.geojson, build.json (fingerprint of what decides the bytes; resume guard; written
+    config.yaml, geofences.geojson (split_lists.json with split.kind official), build.json (fingerprint of what decides the bytes; resume guard; written
                                  whole, ``complete`` last)
     _lock.json                   while a build runs: its owner and heartbeat (pipelines/shards/output.py)
 
@@ -38,7 +38,7 @@ import ray
 from gaia2 import storage
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
-from gaia2.curation.official import OfficialSplit, SplitListError
+from gaia2.curation.official import SPLIT_LISTS_FILE, OfficialSplit, SplitListError
 from gaia2.curation.report import write_report_plots
 from gaia2.schema.errors import Reason
 from pipelines.rejects import Reject, reject_row, rejects_table
@@ -216,6 +216,8 @@ def _build(source: str, refs: list[ClipRef], geofences: Geofences, official: Off
     lap("ingest_s")
     fp = fingerprint(cfg, refs, rows, source, geofences, official.digest() if official else "")
     resuming = prepare(out_dir, cfg, fp, geofences)
+    if official is not None:   # the lists this build split by, beside its geofences (gaia2 shards verify reads them)
+        storage.write_text(storage.join(out_dir, SPLIT_LISTS_FILE), json.dumps(official.to_json(), sort_keys=True))
     log(f"[shards] {len(refs)} clips from {storage.redact(source)} -> {storage.redact(out_dir)}"
         + (" (resuming)" if resuming else ""))
     windows = [r for r in rows if r["kind"] == "window"]

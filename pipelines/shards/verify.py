@@ -5,7 +5,8 @@
 - every input clip (given ``--source``) and every window is accounted for exactly once: written
   (manifest), rejected as bad input, or not selected, each with a reason;
 - the shards hold exactly the manifest's samples, with the contract's members, dtypes and shapes;
-- no training sample's GPS track touches a validation geofence, every validation one does;
+- no training sample's GPS track touches a validation geofence, every validation one does (with
+  ``split.kind: official``: every sample's split is its clip's in the build's ``split_lists.json``);
 - no two selected windows of one drive (in either split) start closer than the minimum stride;
 - balancing made the joint-cell distribution flatter (normalised entropy after > before);
 - every shard matches the size and SHA-256 recorded in its index.
@@ -27,6 +28,7 @@ import yaml
 
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
+from gaia2.curation.official import SPLIT_LISTS_FILE, OfficialSplit
 from gaia2.schema.errors import Reason
 from pipelines.shards.write import index_path
 
@@ -61,6 +63,10 @@ def verify_build(out_dir: str, source: str | None = None) -> dict:
     with open(os.path.join(out_dir, "report.json")) as f:
         report = json.load(f)
     fences = Geofences.from_geojson(os.path.join(out_dir, "geofences.geojson"))
+    official = None
+    if cfg.split.kind == "official":
+        with open(os.path.join(out_dir, SPLIT_LISTS_FILE)) as f:
+            official = OfficialSplit.from_json(json.load(f))
     manifest = pq.read_table(os.path.join(out_dir, "manifest.parquet")).to_pylist()
     rejects = pq.read_table(os.path.join(out_dir, "rejects.parquet")).to_pylist()
 
@@ -109,10 +115,15 @@ def verify_build(out_dir: str, source: str | None = None) -> dict:
             check("sample_contract", ok, f"{key}: members, dtypes or shapes off the contract")
             check("shards_match_manifest", row["shard"] == shard and meta["split"] == row["split"],
                   f"{key}: shard/split differ between tar and manifest")
-            track = np.stack([meta["gps"]["longitude"], meta["gps"]["latitude"]], axis=1)
-            touches = fences.touches(track)
-            check("geofence_split", touches == (meta["split"] == "val"),
-                  f"{key}: split {meta['split']} but its track {'touches' if touches else 'misses'} a geofence")
+            if official is not None:
+                check("official_split", official.split_of(meta["clip_id"]) == meta["split"],
+                      f"{key}: split {meta['split']} but {official.name} puts {meta['clip_id']} in "
+                      f"{official.split_of(meta['clip_id'])}")
+            else:
+                track = np.stack([meta["gps"]["longitude"], meta["gps"]["latitude"]], axis=1)
+                touches = fences.touches(track)
+                check("geofence_split", touches == (meta["split"] == "val"),
+                      f"{key}: split {meta['split']} but its track {'touches' if touches else 'misses'} a geofence")
             starts[meta["drive_id"]].append(meta["start_time_s"])
     check("shards_match_manifest", seen == set(by_key), f"{len(set(by_key) - seen)} manifest samples missing from the shards")
 
