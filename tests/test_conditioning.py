@@ -373,3 +373,20 @@ def test_bad_inputs_raise_naming_the_problem():
         enc(dict(cond, metadata=cond["metadata"][:, :3]))
     with pytest.raises(ValueError, match="more than max_agents"):
         AgentEncoder(8, 2, 2)(torch.zeros(1, 1, 1, 3, 13), torch.zeros(1, 1, 1, 3, dtype=torch.bool))
+
+
+def test_a_model_saved_under_an_older_vocabulary_loads_with_its_rows_kept():
+    """Vocabulary v2 appended country "SG": a v1 model's tables are a row shorter, and load with their ids intact."""
+    from gaia2.conditioning.metadata import MetadataEncoder
+
+    torch.manual_seed(0)
+    old = MetadataEncoder(8).state_dict()
+    old["tables.country.weight"] = old["tables.country.weight"][:4].clone()    # v1: unknown, GB, US, DE
+    enc = MetadataEncoder(8)
+    enc.load_state_dict(old)
+    assert enc.tables["country"].num_embeddings == vocabulary_sizes()["country"] == 5
+    assert torch.equal(enc.tables["country"].weight[:4], old["tables.country.weight"])
+    longer = MetadataEncoder(8).state_dict()
+    longer["tables.country.weight"] = torch.zeros(6, 8)                          # a newer vocabulary: refused
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        MetadataEncoder(8).load_state_dict(longer)

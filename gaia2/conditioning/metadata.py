@@ -31,6 +31,19 @@ class MetadataEncoder(nn.Module):
         sizes = vocabulary_sizes()
         self.tables = nn.ModuleDict({name: nn.Embedding(sizes[name], dim) for name in self.names})
         init_weights(self)
+        self._register_load_state_dict_pre_hook(self._grow_older_tables)
+
+    def _grow_older_tables(self, state_dict: dict, prefix: str, *args) -> None:
+        """A model saved under an older vocabulary has shorter tables (values are only ever appended, e.g. v2's
+        country "SG"): its rows keep their ids, and the new values keep this model's fresh rows (never seen in
+        training, like any rare value) instead of the load failing on the shape."""
+        for name, table in self.tables.items():
+            key = f"{prefix}tables.{name}.weight"
+            old = state_dict.get(key)
+            if old is not None and old.ndim == 2 and old.shape[1] == table.embedding_dim \
+                    and old.shape[0] < table.num_embeddings:
+                fresh = table.weight.detach()[old.shape[0]:].to(old.device, old.dtype)
+                state_dict[key] = torch.cat([old, fresh])
 
     def forward(self, ids: Tensor, keep: Tensor | None = None) -> Tensor:
         v = len(self.names)
