@@ -241,8 +241,11 @@ def test_full_queue_is_503_with_retry_after_and_every_accepted_request_completes
 
 def test_time_limit_fails_the_request_with_the_reason(guarded):
     auth = {"Authorization": "Bearer secret-one"}
+    # The most work this service takes (48 latent steps, 100 sampler steps, guided): 4x a request (24 steps,
+    # unguided) that an idle 2-core machine finished within the 15 s. A timed-out group stops sampling.
     r = requests.post(guarded("v1/generations"), headers=auth, params={"wait": 60},
-                      json=_scratch(duration={"latent_steps": 24}, sampler={"steps": 100, "seed": 0}))
+                      json=_scratch(duration={"latent_steps": 48}, sampler={"steps": 100, "seed": 0},
+                                    guidance={"scale": 3.0}))
     assert r.status_code == 200, r.text
     status = r.json()
     assert status["status"] == "failed" and "time limit" in status["error"], status
