@@ -391,3 +391,44 @@ def test_vocabulary_v2_reads_v1_shards_and_refuses_newer_ones():
     assert sample(1)["metadata"][0] == 2 and sample(2)["metadata"][0] == 2   # US either way
     with pytest.raises(SampleError, match="vocab_version 3 is not readable"):
         sample(3)
+
+
+def test_hostile_table_values_are_rejects_never_tracebacks(dataset, tmp_path):
+    """A field of a table row replaced by a value of the wrong kind: the source lists, ingest runs, and every scene
+    is accounted for (windows or one reject with a reason); scenes the row does not reach are written as before."""
+    import random
+
+    tables = {name: json.load(open(os.path.join(dataset.root, "v1.0-mini", f"{name}.json")))
+              for name in ("scene", "log", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor",
+                           "sample_annotation", "instance", "category", "attribute")}
+    hostile = [None, ["a", "list"], {"an": "object"}, "text", 1e308, -1, float("nan"), True, 10**30]
+    rng = random.Random(0)
+    good = {r["clip_id"] for r in IngestClips(load_shard_config("tiny", overrides=SHORT).model_dump_json()).ingest(
+        list_clips(_source(dataset))) if r["kind"] == "window"}
+    assert good == {"scene-0061", "scene-0103"}
+    root = _copy(dataset, tmp_path, "hostile")
+    rejected = 0
+    for trial in range(100):
+        name = rng.choice(sorted(tables))
+        rows = [dict(r) for r in tables[name]]
+        row = rows[rng.randrange(len(rows))]
+        key = rng.choice(sorted(row))
+        row[key] = rng.choice(hostile)
+        with open(os.path.join(root, "v1.0-mini", f"{name}.json"), "w") as f:
+            json.dump(rows, f)
+        try:
+            refs = list_clips(_source(dataset, root))
+        except SourceError as err:   # only the scene and log tables can make the source unusable
+            assert name in ("scene", "log") or "scene.json" in str(err), (trial, name, key, err)
+        else:
+            cfg = load_shard_config("tiny", overrides=SHORT)
+            rows_out = IngestClips(cfg.model_dump_json()).ingest(refs)
+            accounted = {r["clip_id"] for r in rows_out}
+            assert len(accounted) == len(refs), (trial, name, key, row[key])
+            for r in rows_out:
+                if r["kind"] == "reject":
+                    assert r["reject_reason"] and r["reject_detail"], (trial, name, key)
+                    rejected += 1
+        with open(os.path.join(root, "v1.0-mini", f"{name}.json"), "w") as f:
+            json.dump(tables[name], f)
+    assert rejected >= 20   # most mutations reach a field the conversion reads

@@ -78,10 +78,12 @@ class Tables:
         self.attributes = _by_token(rows["attribute"])
         self.data_of: dict[str, list[dict]] = defaultdict(list)         # sample token -> its sample_data
         for sd in rows["sample_data"]:
-            self.data_of[sd.get("sample_token")].append(sd)
+            if isinstance(sd.get("sample_token"), str):   # a row without one belongs to no scene
+                self.data_of[sd["sample_token"]].append(sd)
         self.anns_of: dict[str, list[dict]] = defaultdict(list)         # sample token -> its annotations
         for ann in rows["sample_annotation"]:
-            self.anns_of[ann.get("sample_token")].append(ann)
+            if isinstance(ann.get("sample_token"), str):
+                self.anns_of[ann["sample_token"]].append(ann)
 
     def _channel(self, sd: dict) -> tuple[str | None, str | None]:
         """(channel, modality) of a sample_data row, through its calibrated sensor; Nones when dangling."""
@@ -91,6 +93,15 @@ class Tables:
 
     def bundle(self, scene: dict) -> dict[str, Any]:
         """One scene's rows (see the module docstring); problems go to ``errors``, never raised."""
+        try:
+            return self._bundle(scene)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:   # a token that is a list, a row a number
+            return {"version": self.version, "scene": scene, "log": None, "samples": [], "sample_data": [],
+                    "ego_pose": {}, "calibrated_sensor": {}, "sample_annotation": [],
+                    "errors": [f"scene {str(scene.get('name'))[:80]!r}: malformed table row reached from it "
+                               f"({type(err).__name__}: {str(err)[:200]})"]}
+
+    def _bundle(self, scene: dict) -> dict[str, Any]:
         errors = [f"{p} (needed by every scene)" for p in self.problems.values()]
         name = scene.get("name")
         log = self.logs.get(scene.get("log_token"))
