@@ -218,7 +218,11 @@ def test_decode_images_scales_and_crops_like_pillow(tmp_path, fmt):
     for k, i in enumerate([3, 0, 3, 1]):
         want = np.asarray(Image.open(paths[i]).convert("RGB").resize(scaled, Image.Resampling.BICUBIC))
         want = want[crop[1]:crop[1] + out_wh[1], crop[0]:crop[0] + out_wh[0]]
-        assert np.abs(out[k].astype(int) - want).max() <= 1
+        diff = np.abs(out[k].astype(int) - want)
+        if fmt == "PNG":
+            assert diff.max() <= 1
+        else:   # a JPEG halved in the DCT first (Image.draft): close to the full decode, not equal
+            assert diff.mean() < 3
     assert np.array_equal(out[0], out[2])   # a repeated index, decoded once
     again = decode_images(paths, "front", np.array([3, 0, 3, 1]), scaled, crop, out_wh)
     assert np.array_equal(out, again)

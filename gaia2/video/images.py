@@ -134,7 +134,8 @@ def decode_images(frames: Sequence[str], name: str, indices: np.ndarray, scaled_
     """Decode images ``indices`` (repeats allowed) scaled to ``scaled_wh`` and centre-cropped to ``out_wh``:
     (K, H, W, 3) uint8, as ``decode_frames`` does for a video.
 
-    Bicubic scaling (Pillow's, which widens its kernel when shrinking, so no aliasing; deterministic). Given
+    Bicubic scaling (Pillow's, which widens its kernel when shrinking, so no aliasing; deterministic), after a
+    JPEG's own DCT-domain reduction where the target is at most half its size (``Image.draft``). Given
     ``native_wh`` (the declared size), an image of another size beyond ``tolerance_px`` fails: ingest decoded
     only some of them, and a resized one would put every box and projection in the wrong place.
     A missing file is MISSING_CAMERA, a broken one DECODE_FAILED; other read errors (a flaky network read)
@@ -156,6 +157,8 @@ def decode_images(frames: Sequence[str], name: str, indices: np.ndarray, scaled_
                                           or abs(img.size[1] - native_wh[1]) > tolerance_px):
                 raise ClipError(Reason.RESOLUTION_MISMATCH, f"{where}: {img.size[0]}x{img.size[1]}, declared "
                                                             f"{native_wh[0]}x{native_wh[1]}")
+            if img.format == "JPEG":   # decode at 1/2, 1/4 or 1/8 in the DCT where that still covers scaled_wh:
+                img.draft("RGB", scaled_wh)   # 3.5x faster for a 1600x900 frame to 128x72, ~1.6 levels apart
             rgb = _pixels(img, where).resize(scaled_wh, Image.Resampling.BICUBIC)
         except ClipError as err:   # at this stage every broken image is a failed decode; the detail says how
             raise ClipError(Reason.DECODE_FAILED, f"{err.detail} ({err.reason.value})") from None
