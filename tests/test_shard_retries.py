@@ -24,6 +24,7 @@ import pytest
 from gaia2.config.shards import RetryConfig, load_shard_config
 from gaia2.schema.errors import ClipError, Reason
 from pipelines.rejects import Reject, batch_rejects, map_rows
+from pipelines.shards.common import record_text
 from pipelines.retry import (RetriesExhausted, actor_retry_args, is_out_of_memory, is_transient, retrying,
                              retrying_batched, task_retry_args)
 
@@ -164,7 +165,7 @@ def test_decode_retries_a_flaky_read_and_rejects_a_vanished_file_at_once(window_
 
     monkeypatch.setattr(video, "read_bytes", flaky)
     out = stage(window_rows)
-    cameras = len(json.loads(window_rows["clip_json"][0])["cameras"])
+    cameras = len(json.loads(record_text(window_rows["clip_json"][0]))["cameras"])
     assert batch_rejects(out, 2) == [None, None] and len(reads) == 2 + 2 * cameras   # window 0 read 3 times
     assert all(np.array_equal(a, b) for a, b in zip(out["frames"], calm["frames"]))
 

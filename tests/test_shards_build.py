@@ -20,6 +20,7 @@ from gaia2.schema.errors import Reason
 from gaia2.synth.faults import make_bad_clips
 from pipelines.rejects import (REJECT_COLUMNS, REJECTS_SCHEMA, Reject, batch_rejects, map_rows, reject_columns,
                                reject_row, rejects_table)
+from pipelines.shards.common import record_text
 
 OVERRIDES = {"window": {"frames": 16, "hop": 8}, "image": {"height": 32, "width": 64},
              "balance": {"min_stride_s": 0.5}, "shards": {"target_mb": 0.4}, "detection": {"max_agents": 8}}
@@ -288,7 +289,7 @@ def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
     assert (bad.stage, bad.reason) == ("decode", Reason.DECODE_FAILED.value) and bad.detail.startswith("IndexError: ")
     # Past the window task: the plan, the sample's members but the CLIP one, and the middle frames only.
     assert set(out) == {*PLAN_COLUMNS, "members", "frames", *REJECT_COLUMNS}
-    cameras = [c["name"] for c in json.loads(good["clip_json"])["cameras"]]
+    cameras = [c["name"] for c in json.loads(record_text(good["clip_json"]))["cameras"]]
     with tarfile.open(fileobj=io.BytesIO(tar_archive([out["members"][0]]))) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     assert ok is None and list(members) == [f"{good['key']}.{s}" for s in (

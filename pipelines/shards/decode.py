@@ -41,7 +41,7 @@ class DecodeWindows:
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
 
-    def decode(self, clip_json: str, index: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    def decode(self, clip_json: bytes | str, index: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
         from gaia2.video.camera_io import decode_camera
 
         clip = parse_clip(clip_json)
@@ -63,7 +63,7 @@ class DecodeWindows:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
         empty = (np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0))
-        decoded, rejects = map_rows(lambda i: self.decode(str(batch["clip_json"][i]), int(batch["window"][i])),
+        decoded, rejects = map_rows(lambda i: self.decode(batch["clip_json"][i], int(batch["window"][i])),
                                     n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n),
                                     retry=self.cfg.retry)
         out = dict(batch)

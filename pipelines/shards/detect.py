@@ -86,7 +86,7 @@ class DetectAgents:
             det.max_images_per_forward = configured
 
     def detect_row(self, frames: np.ndarray, cameras_json: str, timestamps: np.ndarray,
-                   clip_json: str) -> tuple[np.ndarray, np.ndarray]:
+                   clip_json: bytes | str) -> tuple[np.ndarray, np.ndarray]:
         cameras = cameras_from_json(cameras_json)
         frames = np.asarray(frames)
         # Only ground truth reads the clip record; a network detector skips the parse.
@@ -107,7 +107,7 @@ class DetectAgents:
         empty = (np.zeros((0, 0, self.max_agents, FEATURE_DIM), np.float32), np.zeros((0, 0, self.max_agents), bool))
         feats, rejects = map_rows(
             lambda i: self.detect_row(batch["frames"][i], str(batch["cameras_json"][i]), batch["timestamps"][i],
-                                      str(batch["clip_json"][i])),
+                                      batch["clip_json"][i]),
             n, "detect", Reason.DECODE_FAILED, empty, batch_rejects(batch, n))
         out = dict(batch)
         out["boxes"] = object_column([f for f, _ in feats])

@@ -26,6 +26,7 @@ from gaia2.schema.clip import Clip, dumps
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.video.camera_io import check_camera
 from pipelines.rejects import REJECT_COLUMNS, map_rows
+from pipelines.shards.common import pack_record
 from pipelines.shards.sources import ClipRef
 
 COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_time", "location", "clip_json",
@@ -34,7 +35,7 @@ COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_ti
 
 def _row(**values: Any) -> dict[str, Any]:
     row = {"kind": "", "key": "", "clip_id": "", "drive_id": "", "window": -1, "start_time": np.nan,
-           "end_time": np.nan, "location": "", "clip_json": "", "metadata_json": "", "track_json": "",
+           "end_time": np.nan, "location": "", "clip_json": b"", "metadata_json": "", "track_json": "",
            **dict.fromkeys(REJECT_COLUMNS, "")}
     row.update(values)
     return row
@@ -95,10 +96,12 @@ class IngestClips:
                                  drive_id=clip.drive_id if clip else "", location=ref.location, **reject.columns()))
                 continue
             meta_json = json.dumps(clip.metadata, sort_keys=True)
-            # Each window carries its own slice of the record: later stages parse kilobytes, not the clip.
+            # Each window carries its own slice of the record, compressed (pack_record): later stages parse
+            # kilobytes, not the clip, and the driver holds a quarter of the JSON.
             rows.extend(_row(kind="window", key=window_key(clip.clip_id, w.index), clip_id=clip.clip_id,
                              drive_id=clip.drive_id, window=w.index, start_time=w.start_time, end_time=w.end_time,
-                             location=ref.location, clip_json=dumps(clip.slice(w.start_time, w.end_time).to_dict()),
+                             location=ref.location,
+                             clip_json=pack_record(dumps(clip.slice(w.start_time, w.end_time).to_dict())),
                              metadata_json=meta_json,
                              track_json=json.dumps(clip.gps.track(w.start_time, w.end_time).tolist()))
                         for w in clip_windows)

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 from gaia2 import storage
 from gaia2.config.shards import ShardBuildConfig
 from gaia2.curation.geofence import Geofences
+from pipelines.shards.common import record_text
 
 LOCK_FILE = "_lock.json"
 BUILD_FILE = "build.json"
@@ -176,7 +177,7 @@ def weights_digest(directory: str | None) -> str:
 
 def _video_locations(clip_json: str) -> list[str]:
     """Every file a window's cameras read: each video, or each image of an image camera."""
-    return [f for cam in json.loads(clip_json)["cameras"] for f in (cam.get("frames") or [cam["video"]])]
+    return [f for cam in json.loads(record_text(clip_json))["cameras"] for f in (cam.get("frames") or [cam["video"]])]
 
 
 def video_stats(videos: Iterable[str], source: str) -> dict[str, tuple[int, float] | None]:

@@ -18,6 +18,7 @@ from gaia2.curation.geofence import Geofences
 from gaia2.curation.official import OfficialSplit
 from gaia2.curation.stride import select_by_stride
 from gaia2.schema.errors import Reason
+from pipelines.shards.common import record_text
 
 SPLITS = ("train", "val")
 
@@ -80,7 +81,7 @@ def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences,
                                          "detail": f"cell {r['cell']} down-sampled (temperature {cfg.balance.temperature})"})
         else:
             selected.extend({**r, "weight": 1.0} for r in kept)
-    cams = np.mean([len(json.loads(r["clip_json"])["cameras"]) for r in selected]) if selected else 6
+    cams = np.mean([len(json.loads(record_text(r["clip_json"]))["cameras"]) for r in selected]) if selected else 6
     per_shard = max(1, int(cfg.shards.target_mb * 2**20 // estimate_sample_bytes(cfg, float(cams))))
     selected.sort(key=lambda r: r["key"])
     for split in SPLITS:
