@@ -24,8 +24,9 @@ def object_column(items: list) -> np.ndarray:
 
 
 def pack_record(text: str) -> bytes:
-    """A window's record as it travels from ingest to the window stage: zlib-compressed JSON (3.7x smaller;
-    a nuScenes window carries its boxes at every camera timestamp, ~1 MB of JSON). 0.4 ms per 70 KB."""
+    """A window's record as it travels from ingest to the window stage: zlib-compressed JSON (3.7x smaller on
+    the nuScenes test data, 0.4 ms per 70 KB; a nuScenes window carries its boxes at every camera timestamp,
+    an estimated ~1 MB of JSON on the real dataset)."""
     return zlib.compress(text.encode(), 1)
 
 
