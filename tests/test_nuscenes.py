@@ -120,9 +120,7 @@ def test_boxes_are_the_devkit_interpolation_in_the_ego_frame(dataset):
             xy, heading = nh.ego_pose(scene, t_us)
             want = []
             for obj in scene.objects:
-                cat = {"vehicle.car": "car", "human.pedestrian.adult": "pedestrian", "vehicle.bus.rigid": "bus",
-                       "human.pedestrian.child": "pedestrian", "vehicle.truck": "van",
-                       "vehicle.bicycle": "cyclist" if "cycle.with_rider" in obj.attributes else None}.get(obj.category)
+                cat = _category(obj)
                 center = nh.box_at(scene, obj, sample, key, t_us)
                 if cat is None or center is None:
                     continue

@@ -173,7 +173,7 @@ def test_the_fingerprint_follows_content_not_resources(local_source, clip_model,
     fences = Geofences.default()
 
     def fp(cfg, fences=fences):
-        return fingerprint(cfg, refs, rows, src, fences)
+        return fingerprint(cfg, refs, rows, fences)
 
     base = fp(_config(clip_model))
     # Resources, batch sizes, retries and gates do not change the bytes: a resume may change them.

@@ -214,7 +214,7 @@ def _build(source: str, refs: list[ClipRef], geofences: Geofences, official: Off
     rows = run_ingest(refs, cfg)   # reads only: the output is untouched until the fingerprint is checked
     rows, _ = dedupe_clip_ids(rows, [ref.location for ref in refs])   # one id, one clip: later ones are rejects
     lap("ingest_s")
-    fp = fingerprint(cfg, refs, rows, source, geofences, official.digest() if official else "")
+    fp = fingerprint(cfg, refs, rows, geofences, official.digest() if official else "")
     resuming = prepare(out_dir, cfg, fp, geofences)
     if official is not None:   # the lists this build split by, beside its geofences (gaia2 shards verify reads them)
         storage.write_text(storage.join(out_dir, SPLIT_LISTS_FILE), json.dumps(official.to_json(), sort_keys=True))

@@ -11,8 +11,8 @@ before it refreshes it: a holder that finds another owner there stops the build 
 
 Fingerprint: what determines the bytes of the shards, and nothing else. The config fields that shape
 samples (not resources, batch sizes, concurrency, retries, gates or the lock), every clip record's bytes,
-the size and modification time of each video and each camera image (from one listing of the source, a lookup
-for those outside it), the geofences' contents and the weights of the CLIP model and the detector (file names,
+the size and modification time of each video and each camera image (one listing per directory holding several,
+a lookup for the rest), the geofences' contents and the weights of the CLIP model and the detector (file names,
 sizes and SHA-256). A build that ran out of memory resumes with smaller batches; changed inputs are refused.
 """
 
@@ -180,10 +180,9 @@ def _video_locations(clip_json: str) -> list[str]:
     return [f for cam in json.loads(record_text(clip_json))["cameras"] for f in (cam.get("frames") or [cam["video"]])]
 
 
-def video_stats(videos: Iterable[str], source: str) -> dict[str, tuple[int, float] | None]:
+def video_stats(videos: Iterable[str]) -> dict[str, tuple[int, float] | None]:
     """(size, mtime) of each video or image: one listing of each directory holding several of them (a clip's
-    directory, a nuScenes camera's folder of frames), a lookup for the rest. ``source`` is unused (kept for
-    callers)."""
+    directory, a nuScenes camera's folder of frames), a lookup for the rest."""
     videos = sorted(set(videos))
     by_dir: dict[str, list[str]] = {}
     for v in videos:
@@ -204,7 +203,7 @@ def video_stats(videos: Iterable[str], source: str) -> dict[str, tuple[int, floa
     return out
 
 
-def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], source: str, geofences: Geofences,
+def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], geofences: Geofences,
                 split_lists: str = "") -> str:
     """Hash of what decides the output's bytes (see the module's docstring); ``split_lists``: the digest of
     the official split's lists (``split.kind: official``)."""
@@ -224,7 +223,7 @@ def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], source: str
             except OSError:
                 h.update(b"\0unreadable")
     videos = [v for r in rows if r["kind"] == "window" for v in _video_locations(r["clip_json"])]
-    for video, stat in video_stats(videos, source).items():
+    for video, stat in video_stats(videos).items():
         h.update(f"{video}\0{stat}".encode())
     return h.hexdigest()
 
