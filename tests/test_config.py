@@ -9,6 +9,8 @@ def test_presets_resolve():
     assert (tiny.image.height, tiny.image.width) == (64, 128)
     assert (paper.image.height, paper.image.width) == (448, 960) and paper.shards.target_mb == 1024
     assert paper.detection.kind == "network" and paper.detection.num_gpus == 1
+    # CLIP in the window task on CPUs, in its actor pool on GPUs (embedding.placement auto)
+    assert tiny.embedding.in_task() and not paper.embedding.in_task()
 
 
 def test_yaml_overrides_on_a_named_preset(tmp_path):
@@ -26,6 +28,8 @@ def test_yaml_overrides_on_a_named_preset(tmp_path):
     ({"balance": {"temperature": 0.5}}, "balance.temperature"),
     ({"windw": {"frames": 8}}, "windw"),
     ({"detection": {"kind": "network"}}, "detection.checkpoint"),
+    ({"embedding": {"placement": "task", "num_gpus": 1}}, "embedding.placement"),
+    ({"embedding": {"placement": "gpu"}}, "embedding.placement"),
 ])
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ConfigError) as err:

@@ -186,6 +186,40 @@ def test_same_inputs_and_seed_give_byte_identical_shards(build, source, clip_mod
     assert _sha(os.path.join(result.out_dir, "manifest.parquet")) == _sha(os.path.join(again.out_dir, "manifest.parquet"))
 
 
+def _members(tar_path):
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_clip_in_an_actor_pool_gives_the_samples_of_clip_in_the_window_task(build, source, clip_model, ray_session,
+                                                                            tmp_path):
+    """embedding.placement: the tiny preset runs CLIP inside the window task (auto on CPUs); an actor pool, as on
+    GPUs, must give the same samples: every member byte for byte, the embeddings to float rounding."""
+    from pipelines.shards.build import build_shards
+
+    result, _, _ = build
+    assert _config(clip_model).embedding.in_task()
+    actor = build_shards(source[0], str(tmp_path / "actor"), _config(clip_model, embedding={"placement": "actor"}),
+                         log=lambda s: None)
+    first = sorted(glob.glob(os.path.join(result.out_dir, "*", "shard-*.tar")))
+    second = sorted(glob.glob(os.path.join(actor.out_dir, "*", "shard-*.tar")))
+    assert [os.path.relpath(p, result.out_dir) for p in first] == [os.path.relpath(p, actor.out_dir) for p in second]
+    embeddings = 0
+    for a, b in zip(first, second):
+        ma, mb = _members(a), _members(b)
+        assert list(ma) == list(mb)
+        for name in ma:
+            if name.endswith(".clip.npy"):
+                ea, eb = np.load(io.BytesIO(ma[name])), np.load(io.BytesIO(mb[name]))
+                assert ea.shape == eb.shape and ea.shape[0] >= 5
+                np.testing.assert_allclose(ea, eb, rtol=0, atol=1e-5)
+                embeddings += 1
+            else:
+                assert ma[name] == mb[name], name
+    assert embeddings == result.report["accounting"]["windows_written"] > 0
+    assert actor.report["accounting"] == result.report["accounting"]
+
+
 def test_resume_keeps_complete_shards_and_redoes_partial_ones(build, source, clip_model, ray_session, tmp_path):
     from pipelines.shards.build import OutputConflict, build_shards
 

@@ -132,8 +132,24 @@ class EmbeddingConfig(StrictModel):
     clip_path: str | None = Field(None, description="directory of a transformers CLIP vision model")
     batch_size: int = Field(8, ge=1, description="windows per embedding call")
     num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(0.25, gt=0)
-    concurrency: int = Field(1, ge=1, description="CLIP actors")
+    num_cpus: float = Field(0.25, gt=0, description="per CLIP actor (placement actor)")
+    concurrency: int = Field(1, ge=1, description="CLIP actors (placement actor)")
+    placement: Literal["auto", "task", "actor"] = Field(
+        "auto", description="where CLIP runs: 'task', in the task that encodes the window (the model loaded "
+                            "once per worker process; no copy of the frames to an actor: faster on CPUs); "
+                            "'actor', in an actor pool of `concurrency` (GPUs, or a model too large to load in "
+                            "every worker); 'auto', actor when num_gpus > 0, else task")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "EmbeddingConfig":
+        if self.placement == "task" and self.num_gpus > 0:
+            raise ValueError("embedding.placement: 'task' runs CLIP on the window task's CPUs; with "
+                             "embedding.num_gpus > 0 use 'actor' (or 'auto')")
+        return self
+
+    def in_task(self) -> bool:
+        """Whether CLIP runs inside the window task (``placement``, ``auto`` resolved)."""
+        return self.placement == "task" or (self.placement == "auto" and self.num_gpus == 0)
 
 
 class BalanceConfig(StrictModel):
@@ -180,10 +196,10 @@ class ShardWriterConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """Logical CPUs per task of the stages that run as Ray tasks.
 
-    ``window``: the decode -> detect (ground truth) -> encode-videos task, the heavy one.
-    ``pack``: building the sample and writing shards, light. On a small machine the CLIP actor holds
-    its CPUs for the whole run, so the tiny preset asks for fractions that keep two window tasks
-    running beside it and the pack tasks on two cores (measured: 0.5 beat 0.75 and 1.0).
+    ``window``: the decode -> detect (ground truth) -> encode-videos task, the heavy one (with CLIP on the CPU,
+    ``embedding.placement``, it also embeds, packs and stages). ``pack``: packing and staging after a CLIP
+    actor pool, and assembling shards, light. The tiny preset's fractions let four window tasks share two
+    cores, which keeps both busy while one task waits on a read.
     """
     ingest_cpus: float = Field(0.5, gt=0)
     window_cpus: float = Field(0.5, gt=0)

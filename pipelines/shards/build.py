@@ -2,7 +2,8 @@
 
     ingest (tasks)  ->  plan (driver: split, stride, balance, shard names)
     -> decode -> detect -> encode videos (one task; for a detector network: task -> actor pool -> task)
-    -> CLIP embed (actor pool) -> pack + stage each sample (tasks) -> assemble each shard (tasks)
+    -> CLIP embed -> pack + stage each sample (in that same task with CLIP on the CPU; on GPUs an actor pool,
+    then tasks: embedding.placement) -> assemble each shard (tasks)
 
 Output directory:
     train/shard-000000.tar ...   val/shard-000000.tar ...   WebDataset shards
@@ -47,6 +48,7 @@ from pipelines.shards.decode import decode_batch
 from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
 from pipelines.shards.encode import encode_batch, pack_batch
+from pipelines.shards.finish import encode_sample_batch, window_sample_batch
 from pipelines.shards.ingest import dedupe_clip_ids, ingest_batch
 from pipelines.shards.output import (BUILD_FILE, OutputConflict, OutputLock, OutputLocked, fingerprint, prepare,
                                      write_build_record)
@@ -108,21 +110,29 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus, **task_retry_args(cfg.retry)}
     detect_args = {"kind": det.kind, "checkpoint": det.checkpoint, "max_agents": det.max_agents,
                    "score_threshold": det.score_threshold}
+    # CLIP on the CPU (embedding.placement task) finishes each sample in the task that encoded it
+    # (pipelines/shards/finish.py); on GPUs it is an actor pool, and packing and staging are tasks after it.
+    finish = {"out_dir": out_dir, "clip_path": emb.clip_path, "retry_json": cfg.retry.model_dump_json()}
     if det.kind == "ground_truth":   # no model: decode, annotate and encode in one function
-        ds = ds.map_batches(window_batch, fn_kwargs={"config_json": config_json, "detect_args": detect_args}, **task)
+        fn, kwargs = window_batch, {"config_json": config_json, "detect_args": detect_args}
     else:                            # the detector network is an actor pool (loaded once, GPUs if asked)
         ds = ds.map_batches(decode_batch, fn_kwargs={"config_json": config_json}, **task)
         ds = ds.map_batches(DetectAgents, fn_constructor_kwargs={**detect_args, "retry": cfg.retry},
                             batch_size=det.batch_size, compute=ray.data.ActorPoolStrategy(size=det.concurrency),
                             num_cpus=det.num_cpus, num_gpus=det.num_gpus, **actor_retry_args(cfg.retry))
-        ds = ds.map_batches(encode_batch, fn_kwargs={"config_json": config_json}, **task)
-    ds = ds.map_batches(
-        EmbedClip, fn_constructor_kwargs={"path": emb.clip_path, "retry": cfg.retry}, batch_size=emb.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=emb.concurrency), num_cpus=emb.num_cpus, num_gpus=emb.num_gpus,
-        **actor_retry_args(cfg.retry))
-    pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus, **task_retry_args(cfg.retry)}
-    ds = ds.map_batches(pack_batch, **pack)
-    ds = ds.map_batches(stage_batch, fn_kwargs={"out_dir": out_dir}, **pack)
+        fn, kwargs = encode_batch, {"config_json": config_json}
+    if emb.in_task():
+        fn = window_sample_batch if fn is window_batch else encode_sample_batch
+        ds = ds.map_batches(fn, fn_kwargs={**kwargs, **finish}, **task)
+    else:
+        ds = ds.map_batches(fn, fn_kwargs=kwargs, **task)
+        ds = ds.map_batches(
+            EmbedClip, fn_constructor_kwargs={"path": emb.clip_path, "retry": cfg.retry},
+            batch_size=emb.batch_size, compute=ray.data.ActorPoolStrategy(size=emb.concurrency),
+            num_cpus=emb.num_cpus, num_gpus=emb.num_gpus, **actor_retry_args(cfg.retry))
+        pack = {"batch_size": emb.batch_size, "num_cpus": res.pack_cpus, **task_retry_args(cfg.retry)}
+        ds = ds.map_batches(pack_batch, **pack)
+        ds = ds.map_batches(stage_batch, fn_kwargs={"out_dir": out_dir}, **pack)
     staged = ds.take_all()
     if os.environ.get("GAIA2_DATA_STATS"):   # Ray Data's per-operator timings, for tuning
         print(ds.stats())

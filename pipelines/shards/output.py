@@ -39,7 +39,7 @@ NOT_FINGERPRINTED = {
     "preset": None, "resources": None, "retry": None, "gate": None, "lock": None,
     "ingest": {"batch_size"},
     "detection": {"batch_size", "num_gpus", "num_cpus", "concurrency", "checkpoint"},
-    "embedding": {"batch_size", "num_gpus", "num_cpus", "concurrency", "clip_path"},
+    "embedding": {"batch_size", "num_gpus", "num_cpus", "concurrency", "clip_path", "placement"},
     "split": {"geofences"},
 }
 
