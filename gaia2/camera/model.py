@@ -7,6 +7,7 @@ the top-left pixel's centre convention used by OpenCV (pixel centres at integers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -38,6 +39,16 @@ def undistort(xy_d: np.ndarray, k: np.ndarray, iterations: int = 20) -> np.ndarr
     return xy
 
 
+@lru_cache(maxsize=256)   # one per calibration: every projection asks, and the cameras of a rig repeat
+def _max_undistorted_radius(width: int, height: int, intrinsics: tuple[float, ...],
+                            distortion: tuple[float, ...]) -> float:
+    fx, fy, cx, cy = intrinsics
+    u = np.array([0, width - 1, 0, width - 1, cx, cx, 0, width - 1], dtype=np.float64)
+    v = np.array([0, 0, height - 1, height - 1, 0, height - 1, cy, cy], dtype=np.float64)
+    xy = undistort(np.stack([(u - cx) / fx, (v - cy) / fy], axis=-1), np.asarray(distortion))
+    return float(np.max(np.linalg.norm(xy, axis=-1))) * 1.05
+
+
 @dataclass(frozen=True)
 class CameraModel:
     """Geometry of one camera: projection, back-projection and the camera<->ego transforms."""
@@ -60,11 +71,8 @@ class CameraModel:
 
     def max_undistorted_radius(self) -> float:
         """Largest normalised radius that the image border reaches (distortion is monotonic up to it)."""
-        fx, fy, cx, cy = self.intrinsics
-        u = np.array([0, self.width - 1, 0, self.width - 1, cx, cx, 0, self.width - 1], dtype=np.float64)
-        v = np.array([0, 0, self.height - 1, self.height - 1, 0, self.height - 1, cy, cy], dtype=np.float64)
-        xy = undistort(np.stack([(u - cx) / fx, (v - cy) / fy], axis=-1), self.distortion)
-        return float(np.max(np.linalg.norm(xy, axis=-1))) * 1.05
+        return _max_undistorted_radius(self.width, self.height, tuple(np.asarray(self.intrinsics, np.float64).tolist()),
+                                       tuple(np.asarray(self.distortion, np.float64).tolist()))
 
     def project(self, pts_cam: np.ndarray, near: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """Camera-frame points (..., 3) -> pixels (..., 2) and a mask of points in front of the camera.

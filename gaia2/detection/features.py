@@ -58,6 +58,16 @@ def check_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def _valid(frames: list[np.ndarray]) -> bool:
+    """Whether every frame's (M_t, 8) boxes pass ``check_boxes``."""
+    if not frames:
+        return True
+    boxes = np.concatenate(frames)
+    cat = boxes[:, 7]
+    return bool(np.isfinite(boxes).all() and (cat == np.round(cat)).all() and (cat >= 1).all()
+                and (cat < len(AGENT_CATEGORIES)).all())
+
+
 def _camera_features(boxes: np.ndarray, camera: CameraModel, near: float
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """boxes (K, 8) ego -> features (K, 13), visible (K,) bool, distance from the camera (K,)."""
@@ -92,7 +102,10 @@ def agent_features(boxes_per_frame: list[Boxes3D], cameras: list[CameraModel], m
     if not cameras:
         raise DetectionError("cameras: empty")
     n_frames = len(boxes_per_frame)
-    frames = [check_boxes(b, f"boxes_per_frame[{t}]") for t, b in enumerate(boxes_per_frame)]
+    frames = [np.asarray(b, dtype=np.float64) for b in boxes_per_frame]
+    # Checked all at once (hundreds of frames per window); only a failure is looked for frame by frame.
+    if not (all(b.ndim == 2 and b.shape[1] == BOX_DIM for b in frames) and _valid(frames)):
+        frames = [check_boxes(b, f"boxes_per_frame[{t}]") for t, b in enumerate(frames)]   # raises, naming it
     feats = np.zeros((n_frames, len(cameras), max_agents, FEATURE_DIM), dtype=np.float32)
     valid = np.zeros((n_frames, len(cameras), max_agents), dtype=bool)
     if n_frames == 0:

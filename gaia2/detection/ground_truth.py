@@ -40,11 +40,12 @@ class GroundTruthDetector(Detector3D):
         box_ts = clip.boxes.timestamps
         if box_ts.size == 0:
             raise DetectionError(f"clip {clip.clip_id}: boxes.timestamps is empty")
-        out = []
-        for t in np.asarray(timestamps, dtype=np.float64):
-            gap = float(np.min(np.abs(box_ts - t)))
-            if self.max_gap_s is not None and gap > self.max_gap_s:
+        times = np.asarray(timestamps, dtype=np.float64)
+        if self.max_gap_s is not None and times.size:
+            gaps = np.abs(box_ts[clip.boxes.nearest(times)] - times)
+            far = np.flatnonzero(gaps > self.max_gap_s)
+            if far.size:
+                t, gap = float(times[far[0]]), float(gaps[far[0]])
                 raise DetectionError(f"clip {clip.clip_id}: no labelled boxes within {self.max_gap_s} s of "
                                      f"t={t:.3f} (nearest is {gap:.3f} s away)")
-            out.append(clip.boxes.at(float(t)))
-        return out
+        return clip.boxes.at_times(times)

@@ -489,10 +489,19 @@ class Boxes:
 
     def at(self, t: float) -> np.ndarray:
         """Boxes of the timestamp nearest ``t`` as (M_t, 8): centre(3), size(3), yaw, category id."""
-        k = int(np.argmin(np.abs(self.timestamps - t)))
-        sel = self.frame_index == k
-        return np.concatenate([self.center[sel], self.size[sel], self.yaw[sel, None],
-                               self.category[sel, None].astype(np.float64)], axis=1)
+        return self.at_times(np.asarray([t], dtype=np.float64))[0]
+
+    def nearest(self, times: np.ndarray) -> np.ndarray:
+        """For each of ``times``, the index of the nearest of ``timestamps`` (ties to the earlier one)."""
+        return np.argmin(np.abs(self.timestamps[None, :] - np.asarray(times, dtype=np.float64)[:, None]), axis=1)
+
+    def at_times(self, times: np.ndarray) -> list[np.ndarray]:
+        """``at(t)`` for each of ``times``: the boxes are grouped by timestamp once, not searched per time."""
+        table = np.concatenate([self.center, self.size, self.yaw[:, None],
+                                self.category[:, None].astype(np.float64)], axis=1)   # (M, 8)
+        order = np.argsort(self.frame_index, kind="stable")    # by timestamp, in record order within one
+        bounds = np.searchsorted(self.frame_index[order], np.arange(len(self.timestamps) + 1))
+        return [table[order[bounds[k]:bounds[k + 1]]] for k in self.nearest(times).tolist()]
 
 
 @dataclass(frozen=True)
