@@ -12,7 +12,7 @@ import numpy as np
 
 from gaia2.camera.model import resize_crop_intrinsics
 from gaia2.config.shards import ShardBuildConfig
-from gaia2.curation.windows import cut_windows
+from gaia2.curation.windows import Window, cut_windows
 from gaia2.schema.clip import Clip
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.storage import redact
@@ -32,6 +32,11 @@ def shard_calibration(clip: Clip, out_wh: tuple[int, int]) -> tuple[list[dict], 
     return cams, geometry
 
 
+def _files(clip: Clip) -> tuple:
+    """What a clip's cameras read, and at which size: equal for two records of one clip."""
+    return tuple((c.name, c.video, tuple(c.frames or ()), c.width, c.height, len(c.timestamps)) for c in clip.cameras)
+
+
 class DecodeWindows:
     """Callable Ray Data stage: planned window rows -> rows with ``frames`` (N, T, H, W, 3) uint8,
     ``cameras_json`` and ``timestamps`` (T,); a window that fails gets its reject columns and empty
@@ -41,31 +46,81 @@ class DecodeWindows:
     def __init__(self, config_json: str):
         self.cfg = ShardBuildConfig.model_validate_json(config_json)
 
-    def decode(self, clip_json: bytes | str, index: int) -> tuple[np.ndarray, list[dict], np.ndarray]:
-        from gaia2.video.camera_io import decode_camera
-
+    def window(self, clip_json: bytes | str, index: int) -> tuple[Clip, Window, list[dict], list[tuple]]:
+        """The clip, its window ``index``, and each camera's shard calibration and (scaled size, crop)."""
         clip = parse_clip(clip_json)
         w = self.cfg.window
         window = cut_windows(clip, w.frames, w.hop, w.grid_hz)[index]
+        cams, geometry = shard_calibration(clip, (self.cfg.image.width, self.cfg.image.height))
+        return clip, window, cams, geometry
+
+    def decode(self, clip_json: bytes | str, index: int, shared: dict | None = None
+               ) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        """``shared``: frames already decoded for this clip (``shared_frames``), by camera number."""
+        from gaia2.video.camera_io import decode_camera
+
+        clip, window, cams, geometry = self.window(clip_json, index)
         out_wh = (self.cfg.image.width, self.cfg.image.height)
-        cams, geometry = shard_calibration(clip, out_wh)
         frames = []
-        for cam, meta, (scaled, crop), idx in zip(clip.cameras, cams, geometry, window.frame_indices):
-            try:
-                frames.append(decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px))
-            except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
-                # (only a video's: a missing image is already a ClipError naming the frame)
-                raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
-                                                       "(present at ingest)") from None
+        for n, (cam, meta, (scaled, crop), idx) in enumerate(zip(clip.cameras, cams, geometry, window.frame_indices)):
+            if shared and n in shared:
+                decoded, have = shared[n]
+                frames.append(have[np.searchsorted(decoded, idx)])
+            else:
+                try:
+                    frames.append(decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px))
+                except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
+                    # (only a video's: a missing image is already a ClipError naming the frame)
+                    raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
+                                                           "(present at ingest)") from None
             meta["frame_timestamps"] = cam.timestamps[idx].tolist()
         return np.stack(frames), cams, window.timestamps
+
+    def shared_frames(self, batch: dict[str, np.ndarray], n: int) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Each camera's frames read by two or more windows of one clip in the batch, decoded once:
+        {clip_id: {camera number: (frame indices, frames)}}.
+
+        The plan sorts windows by key, so a clip's selected windows are neighbours in the batch, and the
+        stride lets them overlap in time: decoding each camera's union of frames in one pass opens each
+        video once and decodes a shared frame once (a frame decodes to the same pixels either way). Anything
+        that fails here is left out: each window then decodes on its own and meets the error itself, with
+        its own retries and reject.
+        """
+        from gaia2.video.camera_io import decode_camera
+
+        if "clip_id" not in batch:
+            return {}
+        groups: dict[str, list[int]] = {}
+        for i, reject in enumerate(batch_rejects(batch, n)):
+            if reject is None:
+                groups.setdefault(str(batch["clip_id"][i]), []).append(i)
+        out: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        out_wh = (self.cfg.image.width, self.cfg.image.height)
+        for clip_id, rows in groups.items():
+            if len(rows) < 2:
+                continue
+            try:
+                parts = [self.window(batch["clip_json"][i], int(batch["window"][i])) for i in rows]
+                clip, _, _, geometry = parts[0]
+                if len({_files(p[0]) for p in parts}) != 1:   # one clip_id, one record (dedupe_clip_ids)
+                    continue
+                out[clip_id] = {}
+                for c, (cam, (scaled, crop)) in enumerate(zip(clip.cameras, geometry)):
+                    idx = np.unique(np.concatenate([p[1].frame_indices[c] for p in parts]))
+                    out[clip_id][c] = idx, decode_camera(cam, idx, scaled, crop, out_wh,
+                                                         self.cfg.ingest.tolerance.resolution_px)
+            except Exception:   # noqa: BLE001 - the windows decode one by one instead, and report it
+                continue
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
         empty = (np.zeros((0, 0, 0, 0, 3), np.uint8), [], np.zeros(0))
-        decoded, rejects = map_rows(lambda i: self.decode(batch["clip_json"][i], int(batch["window"][i])),
-                                    n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n),
-                                    retry=self.cfg.retry)
+        shared = self.shared_frames(batch, n)
+        decoded, rejects = map_rows(
+            lambda i: self.decode(batch["clip_json"][i], int(batch["window"][i]),
+                                  shared.get(str(batch["clip_id"][i])) if shared else None),
+            n, "decode", Reason.DECODE_FAILED, empty, batch_rejects(batch, n), retry=self.cfg.retry)
         out = dict(batch)
         out["frames"] = object_column([f for f, _, _ in decoded])
         out["cameras_json"] = np.asarray([json.dumps(c) for _, c, _ in decoded], dtype=object)
