@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -324,8 +325,13 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+# The window stage's worker title: ray::MapBatches(window_sample_batch) with CLIP in the task (the tiny preset),
+# ray::MapBatches(window_batch) with CLIP in an actor pool.
+WINDOW_TASK = re.compile(r"MapBatches\(window_(sample_)?batch\)")
+
+
 class KillMidDecode:
-    """SIGKILLs the window-stage workers (``ray::MapBatches(window_batch)``: decode -> detect -> encode) once, at
+    """SIGKILLs the window-stage workers (``WINDOW_TASK``: decode -> detect -> encode ...) once, at
     the moment one of them opens a clip's first camera video to decode it.
 
     An inotify watch on those videos wakes this thread on every open. Ingest opens them too, before any window
@@ -357,7 +363,7 @@ class KillMidDecode:
                     title = f.read().replace(b"\0", b" ").decode().strip()
             except OSError:   # gone meanwhile
                 continue
-            if "window_batch" in title:
+            if WINDOW_TASK.search(title):
                 found.append((pid, title))
         return found
 
@@ -413,7 +419,7 @@ def test_a_worker_killed_mid_decode_is_retried_and_the_output_is_unchanged(ray_s
     with KillMidDecode(firsts) as trigger:
         disturbed = build_shards(source, str(tmp_path / "killed"), cfg, log=lambda s: None)
     seconds = time.perf_counter() - started
-    assert trigger.killed and all("window_batch" in title for _, title in trigger.killed)
+    assert trigger.killed and all(WINDOW_TASK.search(title) for _, title in trigger.killed)
     assert trigger.opens_before > 0   # ingest's opens, before any window task ran
 
     digests = _digests(calm.out_dir)
