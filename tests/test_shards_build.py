@@ -315,7 +315,7 @@ def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
     cfg = load_shard_config("tiny", overrides=OVERRIDES)
     good = IngestClips(cfg.model_dump_json()).ingest(list_clips(synth_clips)[:1])[0]
     plan = {"shard": "train/shard-000000", "split": "train", "weight": 1.0, "cell": "x"}
-    rows = [{**good, **plan}, {**good, **plan, "key": good["key"] + "x", "window": 99}]   # its slice has one window
+    rows = [{**good, **plan}, {**good, **plan, "key": good["key"] + "x", "window": 99}]   # the clip has fewer windows
     batch = {c: np.asarray([r[c] for r in rows], dtype=object) for c in (*PLAN_COLUMNS, "clip_json", "track_json")}
     detect = {"kind": "ground_truth", "checkpoint": None, "max_agents": 8, "score_threshold": 0.3}
     out = window_batch(batch, cfg.model_dump_json(), detect)

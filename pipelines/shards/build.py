@@ -49,7 +49,7 @@ from pipelines.shards.detect import DetectAgents
 from pipelines.shards.embed import EmbedClip
 from pipelines.shards.encode import encode_batch, pack_batch
 from pipelines.shards.finish import encode_sample_batch, window_sample_batch
-from pipelines.shards.ingest import dedupe_clip_ids, ingest_batch
+from pipelines.shards.ingest import dedupe_clip_ids, ingest_batch, with_records
 from pipelines.shards.output import (BUILD_FILE, OutputConflict, OutputLock, OutputLocked, fingerprint, prepare,
                                      write_build_record)
 from pipelines.shards.plan import Plan, make_plan
@@ -82,7 +82,7 @@ def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
     ds = ray.data.from_items(items).map_batches(
         ingest_batch, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
         num_cpus=cfg.resources.ingest_cpus, **task_retry_args(cfg.retry))
-    return ds.take_all()
+    return with_records(ds.take_all())
 
 
 def run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:

@@ -2,7 +2,8 @@
 
 One input row per clip; one output row per window, or a single reject row for a bad clip. No pixels
 leave this stage: selection (split, stride, balancing) needs only metadata, and only the selected
-windows are decoded in full later.
+windows are decoded in full later. The checked clip record goes along once per clip, compressed
+(``to_columns``, ``with_records``), for the window stage to read.
 
 Every record is hostile until checked: a malformed field, a value outside ``ingest.bounds``, a declared
 rate, size or frame count its timestamps or video contradict (``ingest.tolerance``), a video path leaving
@@ -96,13 +97,11 @@ class IngestClips:
                                  drive_id=clip.drive_id if clip else "", location=ref.location, **reject.columns()))
                 continue
             meta_json = json.dumps(clip.metadata, sort_keys=True)
-            # Each window carries its own slice of the record, compressed (pack_record): later stages parse
-            # kilobytes, not the clip, and the driver holds a quarter of the JSON.
+            # The checked record, compressed (pack_record), once per clip: its windows share the one object.
+            record = pack_record(dumps(clip.to_dict()))
             rows.extend(_row(kind="window", key=window_key(clip.clip_id, w.index), clip_id=clip.clip_id,
                              drive_id=clip.drive_id, window=w.index, start_time=w.start_time, end_time=w.end_time,
-                             location=ref.location,
-                             clip_json=pack_record(dumps(clip.slice(w.start_time, w.end_time).to_dict())),
-                             metadata_json=meta_json,
+                             location=ref.location, clip_json=record, metadata_json=meta_json,
                              track_json=json.dumps(clip.gps.track(w.start_time, w.end_time).tolist()))
                         for w in clip_windows)
         return rows
@@ -112,9 +111,31 @@ class IngestClips:
                 for ref_id, location, base_dir, record, kind in zip(batch["ref_id"], batch["location"],
                                                                     batch["base_dir"], batch["record"],
                                                                     batch.get("kind", ["clip"] * len(batch["ref_id"])))]
-        rows = self.ingest(refs)
-        return {c: np.asarray([r[c] for r in rows], dtype=object if c not in ("window", "start_time", "end_time")
-                              else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
+        return to_columns(self.ingest(refs))
+
+
+def to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Ingest's rows as a Ray Data batch. A table would copy the record into every window's row, so it travels
+    once per clip, in a ``record`` row of its own (``with_records`` puts it back on the driver)."""
+    out: list[dict[str, Any]] = []
+    sent: set[str] = set()
+    for r in rows:
+        if r["kind"] == "window":
+            if r["location"] not in sent:
+                sent.add(r["location"])
+                out.append(_row(kind="record", location=r["location"], clip_json=r["clip_json"]))
+            r = {**r, "clip_json": b""}
+        out.append(r)
+    return {c: np.asarray([r[c] for r in out], dtype=object if c not in ("window", "start_time", "end_time")
+                          else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
+
+
+def with_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``to_columns`` (from any number of batches) as ``IngestClips.ingest`` gave them: each window
+    row's ``clip_json`` is its clip's record again, one object per clip; the ``record`` rows go."""
+    records = {r["location"]: r["clip_json"] for r in rows if r["kind"] == "record"}
+    return [{**r, "clip_json": records[r["location"]]} if r["kind"] == "window" else r
+            for r in rows if r["kind"] != "record"]
 
 
 def _natural(location: str) -> list:

@@ -222,7 +222,8 @@ def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], geofences: 
                 h.update(storage.read_bytes(ref.location))
             except OSError:
                 h.update(b"\0unreadable")
-    videos = [v for r in rows if r["kind"] == "window" for v in _video_locations(r["clip_json"])]
+    records = {r["clip_json"]: None for r in rows if r["kind"] == "window"}   # a clip's windows share its record
+    videos = [v for record in records for v in _video_locations(record)]
     for video, stat in video_stats(videos).items():
         h.update(f"{video}\0{stat}".encode())
     return h.hexdigest()

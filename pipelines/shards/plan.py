@@ -81,7 +81,11 @@ def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences,
                                          "detail": f"cell {r['cell']} down-sampled (temperature {cfg.balance.temperature})"})
         else:
             selected.extend({**r, "weight": 1.0} for r in kept)
-    cams = np.mean([len(json.loads(record_text(r["clip_json"]))["cameras"]) for r in selected]) if selected else 6
+    cameras: dict = {}   # per record: a clip's windows share it
+    for r in selected:
+        if r["clip_json"] not in cameras:
+            cameras[r["clip_json"]] = len(json.loads(record_text(r["clip_json"]))["cameras"])
+    cams = np.mean([cameras[r["clip_json"]] for r in selected]) if selected else 6
     per_shard = max(1, int(cfg.shards.target_mb * 2**20 // estimate_sample_bytes(cfg, float(cams))))
     selected.sort(key=lambda r: r["key"])
     for split in SPLITS:
