@@ -21,7 +21,7 @@ import os
 import posixpath
 import re
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pyarrow.fs as pafs
 
@@ -199,18 +199,21 @@ def makedirs(location: str) -> None:
         os.makedirs(location, exist_ok=True)
 
 
-def write_atomic(location: str, data: bytes, durable: bool = True) -> None:
+def write_atomic(location: str, data: bytes | Sequence[bytes], durable: bool = True) -> None:
     """Publish ``data`` at ``location`` whole: a temporary name unique to this writer, then one rename.
 
-    ``durable`` also syncs a local file to disk before the rename (shards, indexes, build records);
-    staged samples skip it, since a crash that loses one only means it is redone.
+    ``data``: bytes, or a sequence of chunks written one after another (a shard from its samples, without
+    joining them into one copy first). ``durable`` also syncs a local file to disk before the rename (shards,
+    indexes, build records); staged samples skip it, since a crash that loses one only means it is redone.
     """
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     suffix = f".{uuid.uuid4().hex[:12]}{PARTIAL}"
     if not is_uri(location):
         os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
         tmp = location + suffix
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -218,7 +221,8 @@ def write_atomic(location: str, data: bytes, durable: bool = True) -> None:
         return
     fs, path = resolve(location)
     with fs.open_output_stream(path + suffix) as f:
-        f.write(data)
+        for chunk in chunks:
+            f.write(chunk)
     try:
         fs.move(path + suffix, path)   # S3/GCS: a server-side copy, then the temporary key's delete
     except BaseException:

@@ -198,13 +198,17 @@ class ResourcesConfig(StrictModel):
 
     ``window``: the decode -> detect (ground truth) -> encode-videos task, the heavy one (with CLIP on the CPU,
     ``embedding.placement``, it also embeds, packs and stages). ``pack``: packing and staging after a CLIP
-    actor pool, and assembling shards, light. The tiny preset's fractions let four window tasks share two
-    cores, which keeps both busy while one task waits on a read.
+    actor pool, light; ``assemble``: concatenating each shard's staged samples. The tiny preset's fractions let
+    four window tasks share two cores, which keeps both busy while one task waits on a read.
     """
     ingest_cpus: float = Field(0.5, gt=0)
     window_cpus: float = Field(0.5, gt=0)
     window_batch_size: int = Field(8, ge=1, description="windows per decode/encode task")
-    pack_cpus: float = Field(0.25, gt=0)
+    pack_cpus: float = Field(0.25, gt=0, description="per packing task after a CLIP actor pool")
+    assemble_cpus: float = Field(0.5, gt=0, description=(
+        "per shard-assembly task. At least the window tasks' share on a small machine: more assembly tasks "
+        "at once than there are idle window workers makes Ray start new worker processes for a second's "
+        "work (~2.5 s of CPU each to start)"))
     reserve_per_operator: bool = Field(
         False, description="Ray Data's per-operator resource reservation; off on small machines, where it "
                            "starves the heavy window stage")
@@ -265,7 +269,7 @@ def paper() -> ShardBuildConfig:
                                   num_cpus=2, concurrency=8),
         balance=BalanceConfig(keys=["country", "weather", "time_of_day", "intersection_type"]),
         shards=ShardWriterConfig(target_mb=1024),
-        resources=ResourcesConfig(ingest_cpus=1, window_cpus=4, window_batch_size=1, pack_cpus=1,
+        resources=ResourcesConfig(ingest_cpus=1, window_cpus=4, window_batch_size=1, pack_cpus=1, assemble_cpus=1,
                                   reserve_per_operator=True),
     )
 

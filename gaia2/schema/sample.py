@@ -45,8 +45,12 @@ def tar_members(files: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()   # before close(): no end-of-archive blocks yet
 
 
+def tar_trailer(length: int) -> bytes:
+    """What follows ``length`` bytes of member fragments to make a complete tar archive (same padding as tarfile)."""
+    end = 2 * tarfile.BLOCKSIZE
+    return b"\0" * (end + (-(length + end)) % _RECORD)
+
+
 def tar_archive(fragments: list[bytes]) -> bytes:
     """Concatenate member fragments into a complete tar archive (same padding as tarfile)."""
-    body = b"".join(fragments) + b"\0" * (2 * tarfile.BLOCKSIZE)
-    pad = (-len(body)) % _RECORD
-    return body + b"\0" * pad
+    return b"".join([*fragments, tar_trailer(sum(len(f) for f in fragments))])

@@ -146,7 +146,7 @@ def assemble(shards: list[str], plan: Plan, cfg: ShardBuildConfig, out_dir: str)
     for r in plan.selected:
         if r["shard"] in rows:
             rows[r["shard"]].append({f: r[f] for f in SAMPLE_FIELDS})
-    task = ray.remote(num_cpus=cfg.resources.pack_cpus, **task_retry_args(cfg.retry))(assemble_shard)
+    task = ray.remote(num_cpus=cfg.resources.assemble_cpus, **task_retry_args(cfg.retry))(assemble_shard)
     ray.get([task.remote(out_dir, s, rows[s]) for s in shards])
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 import numpy as np
 
 from gaia2 import storage
-from gaia2.schema.sample import tar_archive
+from gaia2.schema.sample import tar_trailer
 from pipelines.rejects import Reject, batch_rejects, reject_columns, reject_row
 
 STAGING = "_staging"
@@ -43,7 +43,7 @@ def staging_dir(out_dir: str, shard: str) -> str:
     return storage.join(out_dir, STAGING, shard.replace("/", "-"))
 
 
-def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
+def atomic_write(path: str, data: bytes | list[bytes], durable: bool = True) -> None:
     """Publish ``data`` whole at ``path`` (a local path or a URI); ``durable`` also syncs a local file to disk
     before the rename (shards, indexes). Staged samples skip the sync: a crash that loses one only means
     that sample is redone."""
@@ -110,11 +110,14 @@ def assemble_shard(out_dir: str, shard: str, rows: list[dict]) -> dict:
         except FileNotFoundError:
             raise RuntimeError(f"shard {shard}: sample {row['key']} was never staged") from None
         failed.append(reject_row(reject, row["clip_id"], row["key"], int(row["window"]), shard, row["split"]))
-    data = tar_archive(fragments)
-    index = {"shard": shard, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+    chunks = [*fragments, tar_trailer(sum(len(f) for f in fragments))]   # the tar, never joined into one copy
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    index = {"shard": shard, "bytes": sum(len(c) for c in chunks), "sha256": digest.hexdigest(),
              "samples": samples, "failed": failed}
     atomic_write(index_path(out_dir, shard), json.dumps(index, sort_keys=True, indent=1).encode())
-    atomic_write(shard_path(out_dir, shard), data)
+    atomic_write(shard_path(out_dir, shard), chunks)
     storage.rmtree(d)
     return index
 
