@@ -169,7 +169,7 @@ def test_the_fingerprint_follows_content_not_resources(local_source, clip_model,
     shutil.copytree(local_source, src)
     refs = list_clips(src)
     video = json.load(open(refs[0].location))["cameras"][0]["video"]
-    rows = [{"kind": "window", "clip_json": json.dumps({"cameras": [{"video": os.path.join(src, refs[0].ref_id, video)}]})}]
+    rows = [{"kind": "window", "files_json": json.dumps([os.path.join(src, refs[0].ref_id, video)])}]
     fences = Geofences.default()
 
     def fp(cfg, fences=fences):

@@ -202,7 +202,7 @@ class ResourcesConfig(StrictModel):
     four window tasks share two cores, which keeps both busy while one task waits on a read.
     """
     ingest_cpus: float = Field(0.5, gt=0)
-    window_cpus: float = Field(0.5, gt=0)
+    window_cpus: float = Field(1.0, gt=0)
     window_batch_size: int = Field(8, ge=1, description="windows per decode/encode task")
     pack_cpus: float = Field(0.25, gt=0, description="per packing task after a CLIP actor pool")
     assemble_cpus: float = Field(0.5, gt=0, description=(

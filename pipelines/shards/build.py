@@ -79,7 +79,9 @@ class BuildResult:
 
 def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
     items = [{**asdict(ref), "record": ref.record or ""} for ref in refs]
-    ds = ray.data.from_items(items).map_batches(
+    # One block per task: a task's clips arrive as one block, not one block per clip.
+    blocks = max(1, -(-len(items) // cfg.ingest.batch_size))
+    ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         ingest_batch, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=cfg.ingest.batch_size,
         num_cpus=cfg.resources.ingest_cpus, **task_retry_args(cfg.retry))
     return with_records(ds.take_all())

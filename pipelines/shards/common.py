@@ -31,7 +31,8 @@ def pack_record(text: str) -> bytes:
 
 
 def record_text(record: bytes | str) -> str:
-    """The JSON text of a row's ``clip_json``: packed by ingest (``pack_record``), or text (rows made by hand)."""
+    """The JSON text of a row's ``clip_json`` or ``files_json``: packed by ingest (``pack_record``), or text (rows made
+    by hand)."""
     return zlib.decompress(record).decode() if isinstance(record, bytes) else str(record)
 
 

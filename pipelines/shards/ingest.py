@@ -31,12 +31,14 @@ from pipelines.shards.common import pack_record
 from pipelines.shards.sources import ClipRef
 
 COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_time", "location", "clip_json",
-           "metadata_json", "track_json", *REJECT_COLUMNS)
+           "files_json", "metadata_json", "track_json", *REJECT_COLUMNS)
+# Per clip, not per window: the checked record and the files its cameras read (the build's fingerprint).
+PER_CLIP = ("clip_json", "files_json")
 
 
 def _row(**values: Any) -> dict[str, Any]:
     row = {"kind": "", "key": "", "clip_id": "", "drive_id": "", "window": -1, "start_time": np.nan,
-           "end_time": np.nan, "location": "", "clip_json": b"", "metadata_json": "", "track_json": "",
+           "end_time": np.nan, "location": "", "clip_json": b"", "files_json": b"", "metadata_json": "", "track_json": "",
            **dict.fromkeys(REJECT_COLUMNS, "")}
     row.update(values)
     return row
@@ -99,9 +101,10 @@ class IngestClips:
             meta_json = json.dumps(clip.metadata, sort_keys=True)
             # The checked record, compressed (pack_record), once per clip: its windows share the one object.
             record = pack_record(dumps(clip.to_dict()))
+            files = pack_record(json.dumps(camera_files(clip)))
             rows.extend(_row(kind="window", key=window_key(clip.clip_id, w.index), clip_id=clip.clip_id,
                              drive_id=clip.drive_id, window=w.index, start_time=w.start_time, end_time=w.end_time,
-                             location=ref.location, clip_json=record, metadata_json=meta_json,
+                             location=ref.location, clip_json=record, files_json=files, metadata_json=meta_json,
                              track_json=json.dumps(clip.gps.track(w.start_time, w.end_time).tolist()))
                         for w in clip_windows)
         return rows
@@ -114,17 +117,24 @@ class IngestClips:
         return to_columns(self.ingest(refs))
 
 
+def camera_files(clip: Clip) -> list[str]:
+    """Every file a clip's cameras read: each video, or each image of an image camera (the build fingerprints them)."""
+    return [f for cam in clip.cameras for f in (cam.frames or (cam.video,))]
+
+
 def to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Ingest's rows as a Ray Data batch. A table would copy the record into every window's row, so it travels
-    once per clip, in a ``record`` row of its own (``with_records`` puts it back on the driver)."""
+    """Ingest's rows as a Ray Data batch. A table would copy the record into every window's row, so it (and the
+    rest of ``PER_CLIP``) travels once per clip, in a ``record`` row of its own (``with_records`` puts it back
+    on the driver)."""
     out: list[dict[str, Any]] = []
     sent: set[str] = set()
+    blank = {c: _row()[c] for c in PER_CLIP}
     for r in rows:
         if r["kind"] == "window":
             if r["location"] not in sent:
                 sent.add(r["location"])
-                out.append(_row(kind="record", location=r["location"], clip_json=r["clip_json"]))
-            r = {**r, "clip_json": b""}
+                out.append(_row(kind="record", location=r["location"], **{c: r[c] for c in PER_CLIP}))
+            r = {**r, **blank}
         out.append(r)
     return {c: np.asarray([r[c] for r in out], dtype=object if c not in ("window", "start_time", "end_time")
                           else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
@@ -132,10 +142,10 @@ def to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def with_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of ``to_columns`` (from any number of batches) as ``IngestClips.ingest`` gave them: each window
-    row's ``clip_json`` is its clip's record again, one object per clip; the ``record`` rows go."""
-    records = {r["location"]: r["clip_json"] for r in rows if r["kind"] == "record"}
-    return [{**r, "clip_json": records[r["location"]]} if r["kind"] == "window" else r
-            for r in rows if r["kind"] != "record"]
+    row's ``clip_json`` is its clip's record again (and so for the rest of ``PER_CLIP``), one object per clip;
+    the ``record`` rows go."""
+    records = {r["location"]: {c: r[c] for c in PER_CLIP} for r in rows if r["kind"] == "record"}
+    return [{**r, **records[r["location"]]} if r["kind"] == "window" else r for r in rows if r["kind"] != "record"]
 
 
 def _natural(location: str) -> list:

@@ -175,11 +175,6 @@ def weights_digest(directory: str | None) -> str:
     return h.hexdigest()
 
 
-def _video_locations(clip_json: str) -> list[str]:
-    """Every file a window's cameras read: each video, or each image of an image camera."""
-    return [f for cam in json.loads(record_text(clip_json))["cameras"] for f in (cam.get("frames") or [cam["video"]])]
-
-
 def video_stats(videos: Iterable[str]) -> dict[str, tuple[int, float] | None]:
     """(size, mtime) of each video or image: one listing of each directory holding several of them (a clip's
     directory, a nuScenes camera's folder of frames), a lookup for the rest."""
@@ -222,8 +217,8 @@ def fingerprint(cfg: ShardBuildConfig, refs: list, rows: list[dict], geofences: 
                 h.update(storage.read_bytes(ref.location))
             except OSError:
                 h.update(b"\0unreadable")
-    records = {r["clip_json"]: None for r in rows if r["kind"] == "window"}   # a clip's windows share its record
-    videos = [v for record in records for v in _video_locations(record)]
+    files = {r["files_json"]: None for r in rows if r["kind"] == "window"}   # a clip's windows share one list
+    videos = [v for listed in files for v in json.loads(record_text(listed))]
     for video, stat in video_stats(videos).items():
         h.update(f"{video}\0{stat}".encode())
     return h.hexdigest()
