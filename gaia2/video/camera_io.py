@@ -29,13 +29,14 @@ def check_camera(cam: Camera, name: str, check: str, tolerance: ToleranceConfig 
 
 
 def decode_camera(cam: Camera, indices: np.ndarray, scaled_wh: tuple[int, int], crop_xy: tuple[int, int],
-                  out_wh: tuple[int, int], tolerance_px: int = 0) -> np.ndarray:
-    """Frames ``indices`` of ``cam`` scaled to ``scaled_wh``, centre-cropped to ``out_wh``: (K, H, W, 3) uint8.
+                  out_wh: tuple[int, int], tolerance_px: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames ``indices`` of ``cam`` scaled to ``scaled_wh``, centre-cropped to ``out_wh``: (K, H, W, 3) uint8,
+    written into ``out`` when given (one camera's part of a window's frames).
 
     ``tolerance_px`` (``ingest.tolerance.resolution_px``): how far an image may be from the declared size (a
     video's size was checked once at ingest; each image is its own file, checked as it is decoded).
     """
     if cam.frames is not None:
         return decode_images(cam.frames, cam.name, indices, scaled_wh, crop_xy, out_wh,
-                             native_wh=(cam.width, cam.height), tolerance_px=tolerance_px)
-    return decode_frames(cam.video, cam.name, indices, scaled_wh, crop_xy, out_wh)
+                             native_wh=(cam.width, cam.height), tolerance_px=tolerance_px, out=out)
+    return decode_frames(cam.video, cam.name, indices, scaled_wh, crop_xy, out_wh, out)

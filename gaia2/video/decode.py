@@ -119,8 +119,9 @@ def check_video(uri: str, name: str, declared_frames: int, check: str = "last_fr
 
 
 def decode_frames(uri: str, name: str, indices: np.ndarray, scaled_wh: tuple[int, int],
-                  crop_xy: tuple[int, int], out_wh: tuple[int, int]) -> np.ndarray:
-    """Decode ``indices`` scaled to ``scaled_wh`` and centre-cropped to ``out_wh``: (K, H, W, 3) uint8.
+                  crop_xy: tuple[int, int], out_wh: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Decode ``indices`` scaled to ``scaled_wh`` and centre-cropped to ``out_wh``: (K, H, W, 3) uint8, written
+    into ``out`` when given (a camera's slice of a window's frames: one copy fewer).
 
     Scaling happens inside the decoder (FFmpeg's scaler), which is cheaper than resizing after.
     """
@@ -131,5 +132,12 @@ def decode_frames(uri: str, name: str, indices: np.ndarray, scaled_wh: tuple[int
     except Exception as err:
         raise ClipError(Reason.DECODE_FAILED, f"{name}: decoding frames failed ({str(err).splitlines()[0][:200]})") from None
     (x0, y0), (w, h) = crop_xy, out_wh
-    return np.ascontiguousarray(frames[inverse, y0:y0 + h, x0:x0 + w])
+    return take_frames(frames[:, y0:y0 + h, x0:x0 + w], inverse, out)
+
+
+def take_frames(frames: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``frames[indices]`` as a new contiguous array, or written into ``out`` (one copy either way)."""
+    if out is None:
+        return np.ascontiguousarray(frames[indices])
+    return np.take(frames, indices, axis=0, out=out, mode="clip")   # "clip": unbuffered; indices are in range
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from gaia2 import storage
 from gaia2.schema.errors import ClipError, Reason
-from gaia2.video.decode import VideoInfo
+from gaia2.video.decode import VideoInfo, take_frames
 
 if TYPE_CHECKING:
     from gaia2.config.shards import ToleranceConfig
@@ -130,9 +130,9 @@ def check_images(frames: Sequence[str], name: str, declared_frames: int, check: 
 
 def decode_images(frames: Sequence[str], name: str, indices: np.ndarray, scaled_wh: tuple[int, int],
                   crop_xy: tuple[int, int], out_wh: tuple[int, int], *, native_wh: tuple[int, int] | None = None,
-                  tolerance_px: int = 0) -> np.ndarray:
+                  tolerance_px: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Decode images ``indices`` (repeats allowed) scaled to ``scaled_wh`` and centre-cropped to ``out_wh``:
-    (K, H, W, 3) uint8, as ``decode_frames`` does for a video.
+    (K, H, W, 3) uint8, as ``decode_frames`` does for a video (into ``out`` when given).
 
     Bicubic scaling (Pillow's, which widens its kernel when shrinking, so no aliasing; deterministic), after a
     JPEG's own DCT-domain reduction where the target is at most half its size (``Image.draft``). Given
@@ -143,7 +143,7 @@ def decode_images(frames: Sequence[str], name: str, indices: np.ndarray, scaled_
     """
     unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
     (x0, y0), (w, h) = crop_xy, out_wh
-    out = np.empty((len(unique), h, w, 3), np.uint8)
+    decoded = np.empty((len(unique), h, w, 3), np.uint8)
     for k, i in enumerate(unique.tolist()):
         where = f"{name}.frames[{i}]"
         try:
@@ -162,5 +162,5 @@ def decode_images(frames: Sequence[str], name: str, indices: np.ndarray, scaled_
             rgb = _pixels(img, where).resize(scaled_wh, Image.Resampling.BICUBIC)
         except ClipError as err:   # at this stage every broken image is a failed decode; the detail says how
             raise ClipError(Reason.DECODE_FAILED, f"{err.detail} ({err.reason.value})") from None
-        out[k] = np.asarray(rgb)[y0:y0 + h, x0:x0 + w]
-    return out[inverse]
+        decoded[k] = np.asarray(rgb)[y0:y0 + h, x0:x0 + w]
+    return take_frames(decoded, inverse, out)

@@ -16,6 +16,7 @@ from gaia2.curation.windows import Window, cut_windows
 from gaia2.schema.clip import Clip
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.storage import redact
+from gaia2.video.decode import take_frames
 from pipelines.rejects import batch_rejects, map_rows, reject_columns
 from pipelines.shards.common import object_column, parse_clip
 
@@ -61,20 +62,21 @@ class DecodeWindows:
 
         clip, window, cams, geometry = self.window(clip_json, index)
         out_wh = (self.cfg.image.width, self.cfg.image.height)
-        frames = []
+        # Each camera decodes straight into its part of the window's array (stacking after was a copy of it all).
+        frames = np.empty((len(clip.cameras), len(window.timestamps), out_wh[1], out_wh[0], 3), np.uint8)
         for n, (cam, meta, (scaled, crop), idx) in enumerate(zip(clip.cameras, cams, geometry, window.frame_indices)):
             if shared and n in shared:
                 decoded, have = shared[n]
-                frames.append(have[np.searchsorted(decoded, idx)])
+                take_frames(have, np.searchsorted(decoded, idx), out=frames[n])
             else:
                 try:
-                    frames.append(decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px))
+                    decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px, out=frames[n])
                 except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
                     # (only a video's: a missing image is already a ClipError naming the frame)
                     raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
                                                            "(present at ingest)") from None
             meta["frame_timestamps"] = cam.timestamps[idx].tolist()
-        return np.stack(frames), cams, window.timestamps
+        return frames, cams, window.timestamps
 
     def shared_frames(self, batch: dict[str, np.ndarray], n: int) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Each camera's frames read by two or more windows of one clip in the batch, decoded once:
