@@ -97,7 +97,7 @@ class IngestConfig(StrictModel):
                                  "decode later frames (corrupt streams). An image-sequence camera: container = "
                                  "every image there and not empty, the first decoded and its size checked; "
                                  "last_frame/all_frames decode the last / every image too")
-    batch_size: int = Field(4, ge=1, description="clips per ingest task")
+    batch_size: int = Field(8, ge=1, description="clips per ingest task")
     allow_absolute_videos: bool = Field(
         False, description="accept absolute paths and URIs as camera videos and images; otherwise each must be "
                            "a path inside its clip's directory (the manifest's for a Parquet source, the dataset "
