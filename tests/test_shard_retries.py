@@ -177,6 +177,45 @@ def test_decode_retries_a_flaky_read_and_rejects_a_vanished_file_at_once(window_
     assert "video file not found" in gone[0].detail
 
 
+def test_windows_of_one_clip_decode_shared_frames_once_and_fall_back_one_by_one(synth_clips, monkeypatch):
+    """DecodeWindows.shared_frames: a batch's windows of one clip open each video once, and get the pixels each
+    would decode alone; when the shared decode fails, each window decodes (and is retried or rejected) alone."""
+    import gaia2.video.decode as video
+    from pipelines.shards.decode import DecodeWindows
+    from pipelines.shards.ingest import IngestClips
+    from pipelines.shards.sources import list_clips
+
+    rows = IngestClips(_config().model_dump_json()).ingest(list_clips(synth_clips)[:1])[:3]
+    assert len(rows) == 3 and len({r["clip_json"] for r in rows}) == 1   # three windows, one record
+    alone = {c: np.asarray([r[c] for r in rows], dtype=object) for c in ("key", "window", "clip_json")}
+    together = {**alone, "clip_id": np.asarray([r["clip_id"] for r in rows], dtype=object)}
+    stage = DecodeWindows(_config().model_dump_json())
+    real, reads = video.read_bytes, []
+    monkeypatch.setattr(video, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    one_by_one = stage(alone)
+    cameras = len(json.loads(record_text(rows[0]["clip_json"]))["cameras"])
+    assert len(reads) == 3 * cameras
+    reads.clear()
+    shared = stage(together)
+    assert len(reads) == cameras == len(set(reads))   # each video read and opened once for the three windows
+    assert batch_rejects(shared, 3) == [None] * 3
+    for a, b in zip(shared["frames"], one_by_one["frames"]):
+        assert a.shape == b.shape and a.flags.c_contiguous and np.array_equal(a, b)
+    assert list(shared["cameras_json"]) == list(one_by_one["cameras_json"])
+
+    def first_read_fails(uri: str) -> bytes:
+        reads.append(uri)
+        if len(reads) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(uri)
+
+    reads.clear()   # the shared decode's first read fails: it is given up, and the three windows decode alone
+    monkeypatch.setattr(video, "read_bytes", first_read_fails)
+    fallback = stage(together)
+    assert batch_rejects(fallback, 3) == [None] * 3 and len(reads) == 1 + 3 * cameras
+    assert all(np.array_equal(a, b) for a, b in zip(fallback["frames"], one_by_one["frames"]))
+
+
 def test_detector_out_of_memory_halves_images_per_forward(window_rows):
     import torch
 
