@@ -58,17 +58,19 @@ def test_gps_track_interpolates_window_ends():
     assert np.isclose(track[0, 1], 51.5 + 0.0001 * 0.5 / 2.0)
 
 
-def test_slice_keeps_what_a_window_needs():
+def test_boxes_at_times_are_the_nearest_timestamps_boxes_in_record_order():
     d = clip_dict(n_frames=(40, 40))
-    d["boxes"] = {"timestamps": [0.0, 0.5, 1.0, 1.5], "frame_index": [0, 1, 2, 3, 3],
-                  "center": [[5, 0, 1]] * 5, "size": [[4, 2, 1.5]] * 5, "yaw": [0.0, 0.1, 0.2, 0.3, 0.4],
-                  "category": ["car", "car", "van", "bus", "pedestrian"]}
-    clip = Clip.from_dict(d, base_dir="/x")
-    part = clip.slice(1.2, 1.4, margin=0.1)
-    assert part.cameras == clip.cameras
-    assert part.ego.timestamps[0] <= 1.1 and part.ego.timestamps[-1] >= 1.5 and len(part.ego.timestamps) < len(clip.ego.timestamps)
-    for t in (1.2, 1.3, 1.4):   # interpolation inside the window is unchanged
-        assert np.interp(t, part.ego.timestamps, part.ego.speed) == np.interp(t, clip.ego.timestamps, clip.ego.speed)
-        assert np.array_equal(part.boxes.at(t), clip.boxes.at(t))
-    assert part.boxes.timestamps.tolist() == [1.0, 1.5]
-    assert Clip.from_dict(part.to_dict()).boxes.category.tolist() == part.boxes.category.tolist()   # paths resolved
+    d["boxes"] = {"timestamps": [0.0, 0.5, 1.0, 1.5], "frame_index": [3, 0, 1, 3, 2, 1],
+                  "center": [[5, 0, 1], [6, 0, 1], [7, 0, 1], [8, 0, 1], [9, 0, 1], [10, 0, 1]],
+                  "size": [[4, 2, 1.5]] * 6, "yaw": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                  "category": ["car", "car", "van", "bus", "pedestrian", "car"]}
+    boxes = Clip.from_dict(d, base_dir="/x").boxes
+    times = [-1.0, 0.2, 0.25, 0.74, 1.1, 1.3, 9.0]   # 0.25: a tie goes to the earlier timestamp
+    got = boxes.at_times(np.asarray(times))
+    for t, part in zip(times, got):
+        k = int(np.argmin(np.abs(boxes.timestamps - t)))
+        sel = boxes.frame_index == k
+        expected = np.concatenate([boxes.center[sel], boxes.size[sel], boxes.yaw[sel, None],
+                                   boxes.category[sel, None].astype(np.float64)], axis=1)
+        assert np.array_equal(part, expected) and np.array_equal(boxes.at(t), expected)
+    assert [p[:, 0].tolist() for p in got] == [[6.0], [6.0], [6.0], [7.0, 10.0], [9.0], [5.0, 8.0], [5.0, 8.0]]

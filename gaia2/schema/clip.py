@@ -586,36 +586,6 @@ class Clip:
                 "metadata": {k: v for k, v in self.metadata.items()},
                 "boxes": self.boxes.to_dict() if self.boxes is not None else None}
 
-    def slice(self, t0: float, t1: float, margin: float = 1.0) -> "Clip":
-        """The clip with ego, GPS and boxes cut to [t0 - margin, t1 + margin].
-
-        Cameras are kept whole (frame indices refer to the full videos). A window's stages carry this
-        instead of the full record, whose boxes and ego samples grow with the clip's length.
-        """
-        lo, hi = t0 - margin, t1 + margin
-
-        def keep(ts: np.ndarray) -> np.ndarray:
-            inside = (ts >= lo) & (ts <= hi)
-            # Keep the neighbours just outside too, so interpolation at the window ends is unchanged.
-            idx = np.flatnonzero(inside)
-            if idx.size == 0:
-                idx = np.array([int(np.argmin(np.abs(ts - (t0 + t1) / 2)))])
-            return np.arange(max(idx[0] - 1, 0), min(idx[-1] + 2, len(ts)))
-
-        e, g = keep(self.ego.timestamps), keep(self.gps.timestamps)
-        ego = Ego(self.ego.timestamps[e], self.ego.speed[e], self.ego.curvature[e])
-        gps = Gps(self.gps.timestamps[g], self.gps.latitude[g], self.gps.longitude[g])
-        boxes = self.boxes
-        if boxes is not None:
-            k = keep(boxes.timestamps)
-            remap = np.full(len(boxes.timestamps), -1)
-            remap[k] = np.arange(len(k))
-            m = remap[boxes.frame_index] >= 0
-            boxes = Boxes(boxes.timestamps[k], remap[boxes.frame_index[m]], boxes.center[m], boxes.size[m],
-                          boxes.yaw[m], boxes.category[m])
-        return Clip(self.clip_id, self.drive_id, self.rig_id, self.start_time_s, self.cameras, ego, gps,
-                    self.metadata, self.metadata_ids, boxes)
-
     def camera(self, name: str) -> Camera:
         for cam in self.cameras:
             if cam.name == name:

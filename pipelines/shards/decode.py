@@ -64,13 +64,15 @@ class DecodeWindows:
         out_wh = (self.cfg.image.width, self.cfg.image.height)
         # Each camera decodes straight into its part of the window's array (stacking after was a copy of it all).
         frames = np.empty((len(clip.cameras), len(window.timestamps), out_wh[1], out_wh[0], 3), np.uint8)
-        for n, (cam, meta, (scaled, crop), idx) in enumerate(zip(clip.cameras, cams, geometry, window.frame_indices)):
+        tolerance = self.cfg.ingest.tolerance.resolution_px
+        for n, (cam, meta, (scaled, crop), idx) in enumerate(zip(clip.cameras, cams, geometry,
+                                                                  window.frame_indices)):
             if shared and n in shared:
                 decoded, have = shared[n]
                 take_frames(have, np.searchsorted(decoded, idx), out=frames[n])
             else:
                 try:
-                    decode_camera(cam, idx, scaled, crop, out_wh, self.cfg.ingest.tolerance.resolution_px, out=frames[n])
+                    decode_camera(cam, idx, scaled, crop, out_wh, tolerance, out=frames[n])
                 except FileNotFoundError:   # ingest opened it: deleted or moved since, which no retry undoes
                     # (only a video's: a missing image is already a ClipError naming the frame)
                     raise ClipError(Reason.MISSING_CAMERA, f"{cam.name}: video file not found: {redact(cam.video)} "
@@ -78,7 +80,8 @@ class DecodeWindows:
             meta["frame_timestamps"] = cam.timestamps[idx].tolist()
         return frames, cams, window.timestamps
 
-    def shared_frames(self, batch: dict[str, np.ndarray], n: int) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    def shared_frames(self, batch: dict[str, np.ndarray],
+                      n: int) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Each camera's frames read by two or more windows of one clip in the batch, decoded once:
         {clip_id: {camera number: (frame indices, frames)}}.
 

@@ -38,8 +38,8 @@ PER_CLIP = ("clip_json", "files_json")
 
 def _row(**values: Any) -> dict[str, Any]:
     row = {"kind": "", "key": "", "clip_id": "", "drive_id": "", "window": -1, "start_time": np.nan,
-           "end_time": np.nan, "location": "", "clip_json": b"", "files_json": b"", "metadata_json": "", "track_json": "",
-           **dict.fromkeys(REJECT_COLUMNS, "")}
+           "end_time": np.nan, "location": "", "clip_json": b"", "files_json": b"", "metadata_json": "",
+           "track_json": "", **dict.fromkeys(REJECT_COLUMNS, "")}
     row.update(values)
     return row
 
