@@ -73,8 +73,8 @@ _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 40, 40, 4, 4
 class Checks:
     """What a parse checks beyond the contract itself.
 
-    ``bounds``/``tolerance`` None skip those checks (a record the pipeline wrote itself, such as a window's
-    slice); the path policy applies only where a ``base_dir`` is given.
+    ``bounds``/``tolerance`` None skip those checks (a record the pipeline wrote itself, such as the one
+    ingest checked and passed on); the path policy applies only where a ``base_dir`` is given.
     """
     bounds: BoundsConfig | None = None
     tolerance: ToleranceConfig | None = None
