@@ -19,7 +19,7 @@ def _windows(fences: Geofences) -> list[dict]:
                          "start_time": 100.0 * d + 0.25 * i, "end_time": 100.0 * d + 0.25 * i + 1.6,
                          "metadata_json": json.dumps({"country": "GB", "weather": "rain" if d else "clear"}),
                          "track_json": json.dumps(inside_track if val else outside_track),
-                         "clip_json": json.dumps({"cameras": [{}] * 6})})
+                         "cameras": 6})
     return rows
 
 

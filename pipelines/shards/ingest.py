@@ -30,15 +30,15 @@ from pipelines.rejects import REJECT_COLUMNS, map_rows
 from pipelines.shards.common import pack_record
 from pipelines.shards.sources import ClipRef
 
-COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_time", "location", "clip_json",
-           "files_json", "metadata_json", "track_json", *REJECT_COLUMNS)
+COLUMNS = ("kind", "key", "clip_id", "drive_id", "window", "start_time", "end_time", "cameras", "location",
+           "clip_json", "files_json", "metadata_json", "track_json", *REJECT_COLUMNS)
 # Per clip, not per window: the checked record and the files its cameras read (the build's fingerprint).
 PER_CLIP = ("clip_json", "files_json")
 
 
 def _row(**values: Any) -> dict[str, Any]:
     row = {"kind": "", "key": "", "clip_id": "", "drive_id": "", "window": -1, "start_time": np.nan,
-           "end_time": np.nan, "location": "", "clip_json": b"", "files_json": b"", "metadata_json": "",
+           "end_time": np.nan, "cameras": 0, "location": "", "clip_json": b"", "files_json": b"", "metadata_json": "",
            "track_json": "", **dict.fromkeys(REJECT_COLUMNS, "")}
     row.update(values)
     return row
@@ -104,7 +104,8 @@ class IngestClips:
             files = pack_record(json.dumps(camera_files(clip)))
             rows.extend(_row(kind="window", key=window_key(clip.clip_id, w.index), clip_id=clip.clip_id,
                              drive_id=clip.drive_id, window=w.index, start_time=w.start_time, end_time=w.end_time,
-                             location=ref.location, clip_json=record, files_json=files, metadata_json=meta_json,
+                             cameras=len(clip.cameras), location=ref.location, clip_json=record, files_json=files,
+                             metadata_json=meta_json,
                              track_json=json.dumps(clip.gps.track(w.start_time, w.end_time).tolist()))
                         for w in clip_windows)
         return rows
@@ -136,8 +137,8 @@ def to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
                 out.append(_row(kind="record", location=r["location"], **{c: r[c] for c in PER_CLIP}))
             r = {**r, **blank}
         out.append(r)
-    return {c: np.asarray([r[c] for r in out], dtype=object if c not in ("window", "start_time", "end_time")
-                          else (np.int64 if c == "window" else np.float64)) for c in COLUMNS}
+    dtypes = {"window": np.int64, "cameras": np.int64, "start_time": np.float64, "end_time": np.float64}
+    return {c: np.asarray([r[c] for r in out], dtype=dtypes.get(c, object)) for c in COLUMNS}
 
 
 def with_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

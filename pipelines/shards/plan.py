@@ -18,7 +18,6 @@ from gaia2.curation.geofence import Geofences
 from gaia2.curation.official import OfficialSplit
 from gaia2.curation.stride import select_by_stride
 from gaia2.schema.errors import Reason
-from pipelines.shards.common import record_text
 
 SPLITS = ("train", "val")
 
@@ -81,11 +80,7 @@ def make_plan(windows: list[dict], cfg: ShardBuildConfig, geofences: Geofences,
                                          "detail": f"cell {r['cell']} down-sampled (temperature {cfg.balance.temperature})"})
         else:
             selected.extend({**r, "weight": 1.0} for r in kept)
-    cameras: dict = {}   # per record: a clip's windows share it
-    for r in selected:
-        if r["clip_json"] not in cameras:
-            cameras[r["clip_json"]] = len(json.loads(record_text(r["clip_json"]))["cameras"])
-    cams = np.mean([cameras[r["clip_json"]] for r in selected]) if selected else 6
+    cams = np.mean([r["cameras"] for r in selected]) if selected else 6
     per_shard = max(1, int(cfg.shards.target_mb * 2**20 // estimate_sample_bytes(cfg, float(cams))))
     selected.sort(key=lambda r: r["key"])
     for split in SPLITS:
