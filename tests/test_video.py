@@ -6,8 +6,8 @@ import pytest
 
 from gaia2.schema.errors import ClipError, Reason
 from gaia2.schema.sample import npy_bytes, tar_archive, tar_members
-from gaia2.video.decode import check_video, decode_frames, mp4_truncation
-from gaia2.video.encode import encode_video
+from gaia2.video.decode import check_video, decode_frames, mp4_truncation, open_video, probe_video
+from gaia2.video.encode import VideoCodec, encode_video
 
 
 def _frames(t=10, h=48, w=64):
@@ -44,23 +44,50 @@ def test_decode_scales_and_crops(tmp_path):
     (lambda b: b[: len(b) // 2], Reason.TRUNCATED_VIDEO),
     (lambda b: bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8)), Reason.UNREADABLE_VIDEO),
 ])
-def test_broken_videos_get_specific_reasons(tmp_path, mutate, reason):
+@pytest.mark.parametrize("check", ["container", "last_frame"])   # PyAV's probe, decord
+def test_broken_videos_get_specific_reasons(tmp_path, mutate, reason, check):
     path = tmp_path / "v.mp4"
     path.write_bytes(mutate(encode_video(_frames(), 25.0)))
     with pytest.raises(ClipError) as err:
-        check_video(str(path), "front", 10)
+        check_video(str(path), "front", 10, check)
     assert err.value.reason == reason
 
 
-def test_missing_file_and_frame_count(tmp_path):
+@pytest.mark.parametrize("check", ["container", "last_frame"])
+def test_missing_file_and_frame_count(tmp_path, check):
     with pytest.raises(ClipError) as err:
-        check_video(str(tmp_path / "nope.mp4"), "front", 10)
+        check_video(str(tmp_path / "nope.mp4"), "front", 10, check)
     assert err.value.reason == Reason.MISSING_CAMERA
     path = tmp_path / "v.mp4"
     path.write_bytes(encode_video(_frames(8), 25.0))
     with pytest.raises(ClipError) as err:
-        check_video(str(path), "front", 10)
+        check_video(str(path), "front", 10, check)
     assert err.value.reason == Reason.FRAME_COUNT_MISMATCH and "10 timestamps" in err.value.detail
+
+
+@pytest.mark.parametrize("fps", [10.0, 12.5, 20.0, 29.97, 30.0])
+def test_the_container_probe_reports_what_decord_does(fps):
+    rng = np.random.default_rng(int(fps * 100))
+    for (h, w), codec in [((48, 64), VideoCodec()), ((90, 160), VideoCodec(preset="medium", gop=24)),
+                          ((100, 178), VideoCodec(gop=1))]:
+        data = encode_video(rng.integers(0, 255, (13, h, w, 3), dtype=np.uint8), fps, codec)
+        vr = open_video(data, "front")
+        assert probe_video(data, "front") == (len(vr), *vr[0].shape[1::-1], vr.get_avg_fps()) == (13, w, h, fps)
+
+
+def test_the_container_probe_rejects_a_file_without_video(tmp_path):
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:   # an audio-only MP4
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with pytest.raises(ClipError) as err:
+        probe_video(buf.getvalue(), "front")
+    assert err.value.reason == Reason.UNREADABLE_VIDEO and "no video stream" in err.value.detail
 
 
 def test_truncation_check_reads_box_sizes():
