@@ -331,3 +331,14 @@ def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
     assert np.load(io.BytesIO(members[f"{good['key']}.boxes.npy"])).shape[2:] == (8, 13)
     assert out["frames"][0].shape[:2] == (len(cameras), 1)
     assert out["members"][1] == b"" and out["frames"][1].size == 0
+
+
+@pytest.mark.parametrize("n,most,slots", [(317, 8, 2), (112, 16, 2), (5, 8, 2), (1, 8, 4), (40, 8, 1), (1000, 1, 8)])
+def test_task_blocks_cover_every_row_within_the_batch_size_and_shrink_at_the_end(n, most, slots):
+    from pipelines.shards.build import task_blocks
+
+    sizes = task_blocks(n, most, slots)
+    assert sum(sizes) == n and all(1 <= s <= most for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)   # full blocks first, the smaller ones last
+    assert sum(s < most for s in sizes) <= slots * most.bit_length()   # only a short tail is below most
+    assert task_blocks(0, most, slots) == []

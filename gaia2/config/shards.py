@@ -97,7 +97,7 @@ class IngestConfig(StrictModel):
                                  "decode later frames (corrupt streams). An image-sequence camera: container = "
                                  "every image there and not empty, the first decoded and its size checked; "
                                  "last_frame/all_frames decode the last / every image too")
-    batch_size: int = Field(8, ge=1, description="clips per ingest task")
+    batch_size: int = Field(32, ge=1, description="clips per ingest task (at most: the last tasks get fewer)")
     allow_absolute_videos: bool = Field(
         False, description="accept absolute paths and URIs as camera videos and images; otherwise each must be "
                            "a path inside its clip's directory (the manifest's for a Parquet source, the dataset "
@@ -199,14 +199,17 @@ class ResourcesConfig(StrictModel):
     ``window``: the decode -> detect (ground truth) -> encode-videos task, the heavy one (with CLIP on the CPU,
     ``embedding.placement``, it also embeds, packs and stages). ``pack``: packing and staging after a CLIP
     actor pool, light; ``assemble``: concatenating each shard's staged samples. A window task takes a whole CPU
-    (measured on 2 cores with CLIP in the task: two at once, 61.7 ms per window, beat four, 67.4 ms); ingest's
-    short tasks take half of one, so a core is not left idle while a task starts.
+    (measured on 2 cores with CLIP in the task: two at once, 61.7 ms per window, beat four, 67.4 ms).
+
+    Ingest and assembly take a whole one too, so that no stage runs more tasks at once than the window stage:
+    each task at once is a worker process, and a window task that lands on a process that has not run one
+    yet loads CLIP there first (~1.5 s of a core), in whichever build that happens.
     """
-    ingest_cpus: float = Field(0.5, gt=0)
+    ingest_cpus: float = Field(1.0, gt=0)
     window_cpus: float = Field(1.0, gt=0)
     window_batch_size: int = Field(8, ge=1, description="windows per decode/encode task")
     pack_cpus: float = Field(0.25, gt=0, description="per packing task after a CLIP actor pool")
-    assemble_cpus: float = Field(0.5, gt=0, description=(
+    assemble_cpus: float = Field(1.0, gt=0, description=(
         "per shard-assembly task. At least the window tasks' share on a small machine: more assembly tasks "
         "at once than there are idle window workers makes Ray start new worker processes for a second's "
         "work (~2.5 s of CPU each to start)"))
