@@ -337,8 +337,18 @@ def test_window_stages_reject_a_bad_window_and_pass_the_good_one(synth_clips):
 def test_task_blocks_cover_every_row_within_the_batch_size_and_shrink_at_the_end(n, most, slots):
     from pipelines.shards.build import task_blocks
 
-    sizes = task_blocks(n, most, slots)
+    sizes = task_blocks([1] * n, most, slots)
     assert sum(sizes) == n and all(1 <= s <= most for s in sizes)
     assert sizes == sorted(sizes, reverse=True)   # full blocks first, the smaller ones last
     assert sum(s < most for s in sizes) <= slots * most.bit_length()   # only a short tail is below most
-    assert task_blocks(0, most, slots) == []
+    assert task_blocks([], most, slots) == []
+
+
+def test_task_blocks_keep_a_clips_windows_together_unless_they_do_not_fit():
+    from pipelines.shards.build import task_blocks
+
+    assert task_blocks([2] * 10, 8, 2) == [8, 6, 2, 2, 1, 1]   # the tail's share of a slot splits the last run
+    assert task_blocks([2, 1, 2, 2, 2, 1], 8, 1) == [7, 3]      # ends at 7 rather than split a clip
+    assert task_blocks([3, 3, 3], 4, 1) == [3, 3, 3]
+    assert task_blocks([10], 4, 2) == [4, 3, 2, 1]              # one clip longer than a block is split
+    assert task_blocks([0, 2, 0], 8, 1) == [2]

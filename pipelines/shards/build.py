@@ -31,7 +31,8 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from itertools import groupby
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -98,7 +99,7 @@ def run_ingest(refs: list[ClipRef], cfg: ShardBuildConfig) -> list[dict]:
         return []
     items = [{**asdict(ref), "record": ref.record or ""} for ref in refs]
     with data_context(cfg):   # a Dataset keeps the context it was made in
-        ds = block_dataset(items, cfg.ingest.batch_size, cfg.resources.ingest_cpus).map_batches(
+        ds = block_dataset(items, [1] * len(items), cfg.ingest.batch_size, cfg.resources.ingest_cpus).map_batches(
             ingest_batch, fn_kwargs={"config_json": cfg.model_dump_json()}, batch_size=None,
             num_cpus=cfg.resources.ingest_cpus, **task_retry_args(cfg.retry))
         return with_records(ds.take_all())
@@ -117,7 +118,9 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
     cols = ("key", "clip_id", "drive_id", "window", "start_time", "split", "cell", "weight", "shard",
             "clip_json", "track_json")
     # One block per window task (the first stage takes whole blocks: batch_size None).
-    ds = block_dataset([{c: r[c] for c in cols} for r in todo], res.window_batch_size, res.window_cpus)
+    # A clip's windows stay in one task where they fit: they decode the frames they share once.
+    runs = [len(list(g)) for _, g in groupby(r["clip_id"] for r in todo)]
+    ds = block_dataset([{c: r[c] for c in cols} for r in todo], runs, res.window_batch_size, res.window_cpus)
     # A worker lost mid-task (node gone, OOM-killed) is retried by Ray, a bounded number of times; errors
     # inside a stage are retried or rejected row by row (pipelines/retry.py).
     task = {"batch_size": res.window_batch_size, "num_cpus": res.window_cpus, **task_retry_args(cfg.retry)}
@@ -154,29 +157,37 @@ def _run_samples(todo: list[dict], cfg: ShardBuildConfig, out_dir: str) -> None:
         raise RuntimeError(f"{len(todo)} windows to stage, {len(staged)} staged")
 
 
-def task_blocks(n: int, most: int, slots: int) -> list[int]:
-    """Rows of each task's block, ``n`` in all: ``most`` (a stage's batch size) while that leaves as much for
-    each of the other ``slots`` (tasks at a time), then the remainder's share of a slot (guided
-    self-scheduling), so the last tasks end together rather than one full task running alone on an otherwise
-    idle machine."""
-    sizes = []
-    while n > 0:
-        sizes.append(min(most, -(-n // slots)))
-        n -= sizes[-1]
+def task_blocks(runs: Sequence[int], most: int, slots: int) -> list[int]:
+    """Rows of each task's block. ``runs``: the lengths of consecutive rows that belong together (a clip's
+    windows, which decode their shared frames once), split only where one is longer than the block.
+
+    A block holds up to ``most`` rows (a stage's batch size) while that leaves as much for each of the other
+    ``slots`` (tasks at a time), then up to the remainder's share of a slot (guided self-scheduling), so the
+    last tasks end together rather than one full task running alone on an otherwise idle machine. A block
+    ends early rather than split a run that would not fit.
+    """
+    runs = [r for r in runs if r > 0]
+    sizes, left, i, taken = [], sum(runs), 0, 0   # taken: rows of runs[i] already in a block
+    while left > 0:
+        target, size = min(most, -(-left // slots)), 0
+        while i < len(runs) and size + runs[i] - taken <= target:
+            size, i, taken = size + runs[i] - taken, i + 1, 0
+        if size == 0:   # a run longer than the block: split it
+            size, taken = target, taken + target
+        sizes.append(size)
+        left -= size
     return sizes
 
 
-def block_dataset(rows: list[dict], most: int, cpus_per_task: float) -> ray.data.Dataset:
+def block_dataset(rows: list[dict], runs: Sequence[int], most: int, cpus_per_task: float) -> ray.data.Dataset:
     """``rows`` as a Dataset of ``task_blocks``, for a first stage that takes whole blocks (batch_size None).
 
     A task reads one object, not a bundle of one-row blocks, each put, tracked and concatenated on its own (as
-    ``from_items`` makes them), and the stage's last tasks are short. Tasks take at least a CPU each on a
-    small machine (ResourcesConfig), so Ray starts a queued one only as the executor notices the last one end,
-    up to 0.1 s later: fewer, larger tasks leave the cores idle less.
+    ``from_items`` makes them), and the stage's last tasks are short.
     """
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_task))
     schema = pa.Table.from_pylist(rows).schema
-    starts = np.cumsum([0, *task_blocks(len(rows), most, slots)])
+    starts = np.cumsum([0, *task_blocks(runs, most, slots)])
     return ray.data.from_arrow([pa.Table.from_pylist(rows[a:b], schema=schema) for a, b in zip(starts, starts[1:])])
 
 
