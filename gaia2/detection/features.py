@@ -116,10 +116,13 @@ def agent_features(boxes_per_frame: list[Boxes3D], cameras: list[CameraModel], m
     if boxes.shape[0] == 0:
         return feats, valid
     for n, cam in enumerate(cameras):
-        f, visible, dist = _camera_features(boxes, cam, near)
-        idx = np.flatnonzero(visible)
-        order = idx[np.lexsort((dist[idx], frame[idx]))]      # frame-major, nearest first (stable)
-        fr = frame[order]
+        # A box whose centre is not in front of the camera is never visible (_camera_features): most of a rig's
+        # boxes, for each of its cameras, skip the corner projection.
+        ahead = np.flatnonzero(cam.ego_to_camera_points(boxes[:, :3])[:, 2] > near)
+        f, visible, dist = _camera_features(boxes[ahead], cam, near)               # rows of boxes[ahead]
+        sub = np.flatnonzero(visible)
+        order = sub[np.lexsort((dist[sub], frame[ahead[sub]]))]   # frame-major, nearest first (stable)
+        fr = frame[ahead[order]]
         rank = np.arange(order.size) - np.searchsorted(fr, fr, side="left")   # slot within its frame
         keep = rank < max_agents
         feats[fr[keep], n, rank[keep]] = f[order[keep]]
