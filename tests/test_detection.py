@@ -123,6 +123,26 @@ def test_slots_nearest_first_padding_and_cap():
     np.testing.assert_array_equal(capped[0, 0], feats[0, 0, :3])   # the farthest box is the one dropped
 
 
+def test_a_rig_of_cameras_gets_exactly_the_boxes_each_one_sees():
+    # Only boxes ahead of a camera are projected (agent_features); the slots must be those of projecting every box.
+    from gaia2.detection.features import NEAR, _camera_features
+
+    rng = np.random.default_rng(3)
+    cams = [camera(h, distortion=(-0.05, 0.01, 0.001, -0.001, 0.0)) for h in np.linspace(0, 2 * np.pi, 6, endpoint=False)]
+    frames = [np.array([box(*rng.uniform(-40, 40, 2), rng.uniform(0, 2), *rng.uniform(0.5, 5, 3), rng.uniform(-3, 3),
+                            rng.integers(1, len(AGENT_CATEGORIES))) for _ in range(int(rng.integers(0, 30)))]).reshape(-1, 8)
+              for _ in range(12)]
+    feats, valid = agent_features(frames, cams, max_agents=8)
+    assert valid.any(axis=(0, 2)).all()   # every camera sees something
+    for n, cam in enumerate(cams):
+        for t, boxes in enumerate(frames):
+            f, visible, dist = _camera_features(boxes, cam, NEAR) if len(boxes) else (None, np.zeros(0, bool), None)
+            seen = np.flatnonzero(visible)
+            seen = seen[np.argsort(dist[seen], kind="stable")][:8] if seen.size else seen
+            assert valid[t, n].sum() == seen.size
+            np.testing.assert_array_equal(feats[t, n, :seen.size], f[seen].astype(np.float32) if seen.size else feats[t, n, :0])
+
+
 def test_bad_boxes_raise():
     with pytest.raises(DetectionError, match="category"):
         agent_features([np.array([box(10, 0, cat=0)])], [camera()], max_agents=1)
