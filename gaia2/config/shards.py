@@ -203,7 +203,8 @@ class ResourcesConfig(StrictModel):
 
     Ingest and assembly take a whole one too, so that no stage runs more tasks at once than the window stage:
     each task at once is a worker process, and a window task that lands on a process that has not run one
-    yet loads CLIP there first (~1.5 s of a core), in whichever build that happens.
+    yet loads CLIP there first (3.9 s of a core, torch and transformers imported), in whichever build that
+    happens.
     """
     ingest_cpus: float = Field(1.0, gt=0)
     window_cpus: float = Field(1.0, gt=0)

@@ -1,8 +1,9 @@
 """Video decoding with decord, and the checks that turn broken files into reject reasons.
 
-Ingest's ``container`` check opens each video with PyAV (the encoder's own FFmpeg binding) and decodes only
-the first frame: half of decord's cost (1.1 vs 2.3 ms per camera), which builds a frame index and a decoding
-thread before it decodes anything. The windows themselves are decoded with decord."""
+Ingest's check reads each video's frame count, size and rate with PyAV (the encoder's own FFmpeg binding),
+decoding only the first frame: half of decord's cost (1.1 vs 2.3 ms per camera), which builds a frame index and
+a decoding thread before it decodes anything. Later frames (``last_frame``, ``all_frames``) and the windows
+themselves are decoded with decord."""
 
 from __future__ import annotations
 
@@ -44,31 +45,43 @@ def mp4_truncation(data: bytes) -> str | None:
     return f"{len(data) - pos} trailing bytes after the last box" if pos != len(data) else None
 
 
+class VideoInfo(NamedTuple):
+    frames: int       # frames the container holds (what decord's len(VideoReader) gives)
+    width: int        # of the first decoded frame
+    height: int
+    fps: float        # the container's average rate
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [""])[0][:200]
+
+
 def open_video(data: bytes, name: str, width: int = -1, height: int = -1):
     """decord VideoReader over in-memory bytes, with the reject reason when it cannot be opened."""
     import decord   # imported lazily: decord pulls in its own FFmpeg
 
+    _check_bytes(data, name)
+    try:
+        return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    except Exception as err:   # decord raises its own DECORDError (and RuntimeError) for bad streams
+        raise ClipError(Reason.UNREADABLE_VIDEO, f"{name}: decoder cannot open it ({_first_line(err)})") from None
+
+
+def _check_bytes(data: bytes, name: str) -> None:
+    """What a video's bytes show before any decoder sees them: empty, or an MP4 cut short."""
     if len(data) == 0:
         raise ClipError(Reason.EMPTY_VIDEO, f"{name}: zero-byte video file")
     cut = mp4_truncation(data)
     if cut:
         raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: {cut}")
-    try:
-        return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-    except Exception as err:   # decord raises its own DECORDError (and RuntimeError) for bad streams
-        raise ClipError(Reason.UNREADABLE_VIDEO, f"{name}: decoder cannot open it ({str(err).splitlines()[0][:200]})") from None
 
 
-def probe_video(data: bytes, name: str) -> "VideoInfo":
+def probe_video(data: bytes, name: str) -> VideoInfo:
     """The frame count, first decoded frame's size and average rate of a video, as decord would report them
     (its best video stream; its packet count; ``avg_frame_rate``, else ``r_frame_rate``), read with PyAV."""
     import av   # the encoder's FFmpeg binding (gaia2.video.encode)
 
-    if len(data) == 0:
-        raise ClipError(Reason.EMPTY_VIDEO, f"{name}: zero-byte video file")
-    cut = mp4_truncation(data)
-    if cut:
-        raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: {cut}")
+    _check_bytes(data, name)
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except Exception as err:   # PyAV's FFmpegError subclasses, and anything a malformed header provokes
@@ -95,17 +108,6 @@ def probe_video(data: bytes, name: str) -> "VideoInfo":
         return VideoInfo(int(n), int(frame.width), int(frame.height), float(rate) if rate else 0.0)
 
 
-class VideoInfo(NamedTuple):
-    frames: int       # len(VideoReader): frames the container holds
-    width: int        # of the first decoded frame
-    height: int
-    fps: float        # the container's average rate
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).splitlines() or [""])[0][:200]
-
-
 def check_video(uri: str, name: str, declared_frames: int, check: str = "last_frame", *,
                 width: int | None = None, height: int | None = None, frame_rate: float | None = None,
                 tolerance: ToleranceConfig | None = None) -> VideoInfo:
@@ -123,22 +125,13 @@ def check_video(uri: str, name: str, declared_frames: int, check: str = "last_fr
         raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file not found: {redact(uri)}") from None
     except (OSError, ValueError) as err:   # StorageError is an OSError; a malformed location a ValueError
         raise ClipError(Reason.MISSING_CAMERA, f"{name}: video file unreadable: {redact(uri)} ({_first_line(err)})") from None
-    if check == "container":
-        vr, (n, w, h, fps) = None, probe_video(data, name)
-    else:
-        vr = open_video(data, name)
-        n = len(vr)
+    info = probe_video(data, name)
+    n, w, h, fps = info
     extra = tolerance.extra_frames if tolerance is not None else 0
     if not declared_frames <= n <= declared_frames + extra:
         raise ClipError(Reason.FRAME_COUNT_MISMATCH,
                         f"{name}.timestamps: {declared_frames} timestamps declared, video has {n} frames"
                         + (f" (ingest.tolerance.extra_frames = {extra})" if n > declared_frames else ""))
-    if vr is not None:
-        try:
-            h, w = vr[0].shape[:2]   # decodes one frame (a keyframe): the size without decoding the stream
-            fps = float(vr.get_avg_fps())
-        except Exception as err:   # decord's own errors
-            raise ClipError(Reason.UNREADABLE_VIDEO, f"{name}: first frame cannot be decoded ({_first_line(err)})") from None
     px = tolerance.resolution_px if tolerance is not None else 0
     if width is not None and height is not None and (abs(w - width) > px or abs(h - height) > px):
         raise ClipError(Reason.RESOLUTION_MISMATCH,
@@ -149,12 +142,11 @@ def check_video(uri: str, name: str, declared_frames: int, check: str = "last_fr
         raise ClipError(Reason.FRAME_RATE_MISMATCH,
                         f"{name}.frame_rate: declared {frame_rate:g} Hz, the video container says {fps:.4g} Hz "
                         f"(ingest.tolerance.container_frame_rate = {rel:g})")
-    info = VideoInfo(n, int(w), int(h), fps)
-    if vr is None:
+    if check == "container":
         return info
     indices = list(range(n)) if check == "all_frames" else [n - 1]
     try:
-        frames = vr.get_batch(indices).asnumpy()
+        frames = open_video(data, name).get_batch(indices).asnumpy()
     except Exception as err:
         raise ClipError(Reason.TRUNCATED_VIDEO, f"{name}: frame {indices[-1]} cannot be decoded ({_first_line(err)})") from None
     if frames.shape[0] != len(indices):
